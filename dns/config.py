@@ -1,0 +1,177 @@
+"""Typed schemas of the run configuration, registered in Hydra's ConfigStore.
+
+The YAML files in conf/ hold the values; these dataclasses give their types, so a wrong type fails at
+override time, and `validate` runs the range checks before any work (OmegaConf does not run them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration a run cannot start with; its message says what is wrong and how to fix it."""
+
+
+def layer_dict(value_type: type):
+    """A typed {layer name: value} field to which `key={conv1: 2}` overrides may add keys.
+
+    Hydra puts the whole config in struct mode, which would refuse new keys in an empty dict;
+    the node's own struct flag, set off here, takes precedence over the root's.
+    """
+    return field(default_factory=lambda: DictConfig({}, key_type=str, element_type=value_type,
+                                                    flags={"struct": False}))
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # a name of dns.models.list_models()
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # mnist | fashion_mnist
+    root: str = "${oc.env:DNS_DATA,./data}"  # holds <Name>/raw/ in torchvision's layout
+    download: bool = True
+    batch_size: int = 64
+    test_batch_size: int = 1000
+    num_classes: int = 10
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd: torch.optim.SGD | caffe_sgd: Caffe's update, lr inside the momentum
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 1.0  # Caffe's LeNet solver trains biases at twice the learning rate
+
+
+@dataclass
+class LRPolicyConfig:
+    name: str = "inv"  # fixed | inv: lr·(1 + gamma·i)^(-power) | step: lr·gamma^floor(i / step_size)
+    gamma: float = 1e-4
+    power: float = 0.75
+    step_size: int = 1
+
+
+@dataclass
+class ReferenceConfig:
+    iters: int = 10000  # iterations to train the dense reference (ignored with `checkpoint`)
+    checkpoint: Optional[str] = None  # start from this checkpoint instead of training
+
+
+@dataclass
+class SurgeryConfig:
+    iters: int = 14000
+    c: float = 1.0  # every layer's c: thr = max(mu + c·sigma, 0)
+    c_per_layer: Dict[str, float] = layer_dict(float)  # {fc1: 4, ...} overrides c
+    iter_stop: Optional[int] = None  # masks frozen from this surgery iteration on (None: never)
+    iter_stop_per_layer: Dict[str, int] = layer_dict(int)
+    margin: float = 0.1  # a = (1 - margin)·thr, b = (1 + margin)·thr
+    gamma: float = 1e-4  # gate sigma(i) = (1 + gamma·i)^(-power)
+    power: float = 1.0
+    prune_bias: bool = True
+    layers: Any = "all"  # all | conv | fc | a list of those and layer names
+    lr: Optional[float] = None  # base learning rate of surgery and fine-tuning (None: optimizer.lr)
+
+
+@dataclass
+class FinetuneConfig:
+    iters: int = 2000  # masks frozen; continues the surgery run's optimizer and learning rate
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    lr_policy: LRPolicyConfig = MISSING
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 100  # iterations between history rows
+    eval_every: int = 1000  # iterations between test-set evaluations (and at the end of each stage)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="dataset", name="base_dataset", node=DatasetConfig)
+    cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
+    cs.store(group="lr_policy", name="base_lr_policy", node=LRPolicyConfig)
+
+
+OPTIMIZERS = ("sgd", "caffe_sgd")
+LR_POLICIES = ("fixed", "inv", "step")
+DATASETS = ("mnist", "fashion_mnist")
+
+
+def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+    """The typed config, after every range check; raises ConfigError naming the key and the fix."""
+    from dns.data import prepare_dataset
+    from dns.models import get_model, layer_kind, list_models, prunable_layers
+    from dns.surgeon import select_layers
+
+    run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    s = run.surgery
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    require(run.model.name in list_models(),
+            f"unknown model {run.model.name!r}: use model=<{'|'.join(list_models())}>")
+    require(run.dataset.name in DATASETS, f"unknown dataset {run.dataset.name!r}: use dataset=<{'|'.join(DATASETS)}>")
+    require(run.optimizer.name in OPTIMIZERS, f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
+    require(run.lr_policy.name in LR_POLICIES, f"lr_policy.name must be one of {', '.join(LR_POLICIES)}")
+    for key, value in [("reference.iters", run.reference.iters), ("surgery.iters", s.iters),
+                       ("finetune.iters", run.finetune.iters), ("surgery.gamma", s.gamma),
+                       ("surgery.power", s.power), ("optimizer.weight_decay", run.optimizer.weight_decay),
+                       ("lr_policy.gamma", run.lr_policy.gamma), ("lr_policy.power", run.lr_policy.power),
+                       ("seed", run.seed)]:
+        require(value >= 0, f"{key}={value} is negative: give a value >= 0")
+    for key, value in [("optimizer.lr", run.optimizer.lr), ("surgery.lr", s.lr),
+                       ("dataset.batch_size", run.dataset.batch_size),
+                       ("dataset.test_batch_size", run.dataset.test_batch_size),
+                       ("dataset.num_classes", run.dataset.num_classes), ("lr_policy.step_size", run.lr_policy.step_size),
+                       ("log_every", run.log_every), ("eval_every", run.eval_every)]:
+        require(value is None or value > 0, f"{key}={value} must be > 0")
+    require(0 <= run.optimizer.momentum < 1, f"optimizer.momentum={run.optimizer.momentum} must lie in [0, 1)")
+    require(0 <= s.margin < 1, f"surgery.margin={s.margin} must lie in [0, 1)")
+    require(s.iter_stop is None or s.iter_stop >= 0, f"surgery.iter_stop={s.iter_stop} is negative: give a value >= 0")
+    for name, value in s.iter_stop_per_layer.items():
+        require(value >= 0, f"surgery.iter_stop_per_layer.{name}={value} is negative: give a value >= 0")
+    require(run.device == "auto" or run.device == "cpu" or run.device.startswith("cuda"),
+            f"device={run.device!r}: use auto, cpu, cuda or cuda:N")
+
+    with torch.device("meta"):  # only the layer names are needed: allocate nothing
+        model = get_model(run.model.name, num_classes=run.dataset.num_classes)
+    kinds = {name: layer_kind(layer) for name, layer in prunable_layers(model).items()}
+    try:
+        require(isinstance(s.layers, str) or all(isinstance(x, str) for x in s.layers),
+                f"surgery.layers={s.layers!r}: give all, conv, fc or a list such as [conv1,fc1]")
+        select_layers(s.layers, kinds)
+    except ValueError as e:
+        raise ConfigError(f"surgery.layers: {e}") from None
+    for key in ("c_per_layer", "iter_stop_per_layer"):
+        for name in getattr(s, key):
+            require(name in kinds, f"surgery.{key} names {name!r}, which is no layer of {run.model.name} "
+                                   f"(layers: {', '.join(kinds)})")
+    if run.reference.checkpoint is not None:
+        require(os.path.isfile(run.reference.checkpoint),
+                f"reference.checkpoint={run.reference.checkpoint}: no such file; give the path of a .pt checkpoint")
+    try:
+        prepare_dataset(run.dataset)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    return run

@@ -1,0 +1,61 @@
+"""Optimizers and learning-rate policies, following Caffe's SGD solver where the paper did."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from dns.config import LRPolicyConfig, OptimizerConfig
+
+
+def learning_rate(policy: LRPolicyConfig, base_lr: float, iteration: int) -> float:
+    """Caffe's lr_policy at `iteration` of a run (a pure function of the iteration, as in timm)."""
+    if policy.name == "fixed":
+        return base_lr
+    if policy.name == "inv":
+        return base_lr * math.pow(1.0 + policy.gamma * iteration, -policy.power)
+    if policy.name == "step":
+        return base_lr * math.pow(policy.gamma, iteration // policy.step_size)
+    raise ValueError(f"unknown lr_policy {policy.name!r}")
+
+
+class CaffeSGD(torch.optim.Optimizer):
+    """Caffe's SGD: v = momentum·v + lr·(g + weight_decay·w); w -= v.
+
+    torch.optim.SGD keeps lr outside the velocity (v = momentum·v + g; w -= lr·v); the two agree
+    while lr is constant and differ whenever the learning-rate policy changes it.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad.add(p, alpha=group["weight_decay"]).mul_(group["lr"])
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = update
+                else:
+                    state["velocity"].mul_(group["momentum"]).add_(update)
+                p.sub_(state["velocity"])
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, base_lr: float) -> torch.optim.Optimizer:
+    """The optimizer over all of the model's dense parameters; biases (the 1-d ones) at bias_lr_mult·lr."""
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    biases = [p for p in model.parameters() if p.dim() == 1]
+    groups = [dict(params=weights, lr_mult=1.0), dict(params=biases, lr_mult=cfg.bias_lr_mult)]
+    cls = CaffeSGD if cfg.name == "caffe_sgd" else torch.optim.SGD
+    return cls(groups, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"]

@@ -1,0 +1,174 @@
+"""Per-run reports: rows of data first (layer_rows, totals, History), formatting second."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from dns.surgeon import LayerState, Surgeon
+
+
+def ratio(numerator: int, denominator: int) -> float | None:
+    """numerator / denominator, or None (null in JSON) for a layer cut to nothing."""
+    return numerator / denominator if denominator else None
+
+
+def layer_rows(surgeon: Surgeon) -> list[dict[str, Any]]:
+    """One row per prunable layer: the paper's Tables 2-3 plus the surgery state behind them."""
+    rows = []
+    for layer in surgeon.layers:
+        params, remaining = layer.param_count(), layer.remaining()
+        rows.append({
+            "name": layer.name, "kind": layer.kind, "shape": list(layer.params["weight"].shape),
+            "params": params, "remaining": remaining, "remaining_pct": 100.0 * remaining / params,
+            "weight_params": layer.param_count(("weight",)), "weight_remaining": layer.remaining(("weight",)),
+            "under_surgery": layer.under_surgery, "c": layer.c, "iter_stop": layer.iter_stop if layer.under_surgery
+            else None, "mu": layer.mu, "sigma": layer.sigma, "a": layer.a, "b": layer.b,
+            "pruned": layer.pruned, "spliced": layer.spliced,
+        })
+    return rows
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compression = parameters of the prunable layers / those whose mask is 1, with and without biases."""
+    params, remaining = sum(r["params"] for r in rows), sum(r["remaining"] for r in rows)
+    w_params, w_remaining = sum(r["weight_params"] for r in rows), sum(r["weight_remaining"] for r in rows)
+    return {"params": params, "remaining": remaining, "remaining_pct": 100.0 * remaining / params,
+            "compression": ratio(params, remaining), "weight_params": w_params, "weight_remaining": w_remaining,
+            "weight_compression": ratio(w_params, w_remaining)}
+
+
+class History:
+    """history.csv, one row per logged iteration, flushed as it goes so an interrupted run keeps it."""
+
+    def __init__(self, path: Path, layer_names: list[str]):
+        self.layer_names = layer_names
+        self.columns = (["stage", "step", "iteration", "lr", "loss", "train_error", "sigma", "remaining_pct"]
+                        + [f"{name}_remaining_pct" for name in layer_names] + ["pruned", "spliced", "test_error"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, self.columns)
+        self.writer.writeheader()
+        self.pruned = self.spliced = 0  # totals at the previous row
+
+    def log(self, stage: str, step: int, iteration: int, *, lr: float, loss: float, train_error: float,
+            sigma: float | None, layers: list[LayerState] | None, test_error: float | None) -> dict[str, Any]:
+        """Write a row; `layers` None means no masks yet (the dense reference: everything remains)."""
+        row: dict[str, Any] = {"stage": stage, "step": step, "iteration": iteration, "lr": lr, "loss": loss,
+                               "train_error": train_error, "sigma": sigma, "test_error": test_error}
+        if layers is None:
+            row.update({f"{name}_remaining_pct": 100.0 for name in self.layer_names},
+                       remaining_pct=100.0, pruned=0, spliced=0)
+        else:
+            for layer in layers:
+                row[f"{layer.name}_remaining_pct"] = 100.0 * layer.remaining() / layer.param_count()
+            row["remaining_pct"] = (100.0 * sum(l.remaining() for l in layers)
+                                    / sum(l.param_count() for l in layers))
+            pruned, spliced = sum(l.pruned for l in layers), sum(l.spliced for l in layers)
+            row.update(pruned=pruned - self.pruned, spliced=spliced - self.spliced)
+            self.pruned, self.spliced = pruned, spliced
+        self.writer.writerow(row)
+        self.file.flush()
+        return row
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.csv back as rows of numbers (empty cells become None)."""
+    def parse(key: str, value: str):
+        if key == "stage":
+            return value
+        return None if value == "" else float(value)
+
+    with open(path, newline="") as f:
+        return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """report.md: the per-layer table in the form of the paper's Tables 2-3, and the errors."""
+    def pct(x: float) -> str:
+        return f"{x:.2f} %"
+
+    def num(x: float | None, digits: int = 4) -> str:
+        return "" if x is None else f"{x:.{digits}g}"
+
+    def times(x: float | None) -> str:
+        return "∞" if x is None else f"{x:.1f}×"
+
+    total, test = report["total"], report["test"]
+    lines = [f"# {report['model']} on {report['dataset']}: {report['status']}", "",
+             "| layer | parameters | remaining | remaining % | c | a | b | pruned | spliced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["layers"]:
+        lines.append(f"| {r['name']} | {r['params']:,} | {r['remaining']:,} | {pct(r['remaining_pct'])} | "
+                     f"{num(r['c'])} | {num(r['a'])} | {num(r['b'])} | {r['pruned']:,} | {r['spliced']:,} |")
+    lines.append(f"| **total** | **{total['params']:,}** | **{total['remaining']:,}** | "
+                 f"**{pct(total['remaining_pct'])}** | | | | | |")
+    lines += ["", f"Compression: **{times(total['compression'])}** over weights and biases "
+                  f"({times(total['weight_compression'])} over weights alone).", "",
+              f"Test error: {pct(100 * test['reference_error'])} (reference) → "
+              f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).", "",
+              "| stage | iterations | wall seconds |", "|---|---:|---:|"]
+    for stage, iters in report["iterations"].items():
+        lines.append(f"| {stage} | {iters:,} | {report['wall_seconds'].get(stage, 0):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_history(rows: list[dict[str, Any]], layer_names: list[str], folder: Path) -> None:
+    """plots/remaining.png (remaining % per layer) and plots/test_error.png, over all iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in layer_names:
+        ax.plot(steps, [r[f"{name}_remaining_pct"] for r in rows], label=name)
+    ax.plot(steps, [r["remaining_pct"] for r in rows], "k--", label="total")
+    ax.set(xlabel="iteration (all stages)", ylabel="remaining %", yscale="log", title="Remaining connections")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    _mark_stages(ax, rows)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "remaining.png", dpi=120)
+    plt.close(fig)
+
+    tested = [r for r in rows if r["test_error"] is not None and not math.isnan(r["test_error"])]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in tested], [100 * r["test_error"] for r in tested], "o-")
+    ax.set(xlabel="iteration (all stages)", ylabel="test error %", title="Test error")
+    _mark_stages(ax, rows)
+    fig.tight_layout()
+    fig.savefig(folder / "test_error.png", dpi=120)
+    plt.close(fig)
+
+
+def _mark_stages(ax, rows: list[dict[str, Any]]) -> None:
+    """Dotted lines where a stage ends, so the plots show reference / surgery / fine-tune."""
+    for previous, row in zip(rows, rows[1:]):
+        if row["stage"] != previous["stage"]:
+            ax.axvline(previous["step"], color="grey", linestyle=":", linewidth=1)
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_reports(out_dir: Path, report: dict[str, Any]) -> None:
+    """report.json, report.md and plots/ from the report and the run's history.csv."""
+    write_json(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(markdown_table(report))
+    history = out_dir / "history.csv"
+    if history.exists():
+        plot_history(read_history(history), [r["name"] for r in report["layers"]], out_dir / "plots")

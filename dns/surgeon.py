@@ -1,0 +1,135 @@
+"""The surgeon: applies the DNS rules of `dns.thresholds` to the masked layers of a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dns.masks import attach_masks, dense_parameter
+from dns.models import layer_kind, prunable_layers
+from dns.thresholds import gate_open, magnitude_stats, thresholds
+
+LAYER_GROUPS = ("all", "conv", "fc")
+
+
+def select_layers(selection: str | list[str], kinds: dict[str, str]) -> list[str]:
+    """Names of the layers picked by `selection`: 'all', 'conv', 'fc', or a list of those and layer names.
+
+    `kinds` maps each layer name to 'conv' or 'fc', in forward order; the result keeps that order.
+    A name that matches no layer is an error, never silently ignored.
+    """
+    items = [selection] if isinstance(selection, str) else list(selection)
+    picked: set[str] = set()
+    for item in items:
+        if item == "all":
+            picked.update(kinds)
+        elif item in ("conv", "fc"):
+            picked.update(name for name, kind in kinds.items() if kind == item)
+        elif item in kinds:
+            picked.add(item)
+        else:
+            raise ValueError(f"no layer named {item!r}; layers are {', '.join(kinds)} (or all, conv, fc)")
+    return [name for name in kinds if name in picked]
+
+
+@dataclass
+class LayerState:
+    """One prunable layer: its live masks, its settings, thresholds and counts of mask changes."""
+
+    name: str
+    kind: str
+    params: dict[str, nn.Parameter]  # 'weight' / 'bias' -> dense trainable tensor W
+    masks: dict[str, torch.Tensor]  # the same keys -> live mask buffer T (absent when not masked)
+    c: float | None = None  # None: not under surgery, its masks stay as they are
+    iter_stop: int = 0
+    mu: float | None = None
+    sigma: float | None = None
+    a: float | None = None
+    b: float | None = None
+    pruned: int = 0  # connections cut, counted over all mask updates
+    spliced: int = 0  # connections restored
+
+    @property
+    def under_surgery(self) -> bool:
+        return self.c is not None
+
+    def param_count(self, which: tuple[str, ...] = ("weight", "bias")) -> int:
+        return sum(p.numel() for key, p in self.params.items() if key in which)
+
+    def remaining(self, which: tuple[str, ...] = ("weight", "bias")) -> int:
+        """Connections whose mask is 1 (an unmasked parameter counts in full)."""
+        total = 0
+        for key, p in self.params.items():
+            if key in which:
+                total += int(self.masks[key].count_nonzero()) if key in self.masks else p.numel()
+        return total
+
+
+@dataclass
+class Surgeon:
+    """Masks every conv and fc layer of a model and re-decides the masks of the selected ones.
+
+    Args:
+        model: the network; its conv/fc weights (and biases if `prune_bias`) get masks.
+        c: per-layer c for the layers under surgery (name -> c); other layers keep their masks.
+        iter_stop: per-layer iteration from which that layer's mask is frozen.
+        margin, gamma, power: the hysteresis margin t and the sigma(i) schedule.
+        seed: seeds the gate's draws, one uniform draw per layer per iteration.
+        initial_masks: masks to start from ('fc1.weight' -> tensor), e.g. from a checkpoint.
+    """
+
+    model: nn.Module
+    c: dict[str, float]
+    iter_stop: dict[str, int]
+    margin: float = 0.1
+    gamma: float = 1e-4
+    power: float = 1.0
+    prune_bias: bool = True
+    seed: int = 0
+    initial_masks: dict[str, torch.Tensor] | None = None
+    layers: list[LayerState] = field(init=False)
+
+    def __post_init__(self):
+        modules = prunable_layers(self.model)
+        live = attach_masks(modules, self.prune_bias, self.initial_masks)
+        self.layers = []
+        for name, module in modules.items():
+            params = {key: dense_parameter(module, key) for key in ("weight", "bias")
+                      if getattr(module, key) is not None}
+            self.layers.append(LayerState(name, layer_kind(module), params, live.get(name, {}),
+                                          c=self.c.get(name), iter_stop=self.iter_stop.get(name, 0)))
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def start(self) -> None:
+        """Fix each surgery layer's statistics and thresholds, once, from its current non-zero weights."""
+        for layer in self.layers:
+            if layer.under_surgery:
+                effective = [p.detach() * layer.masks[k] if k in layer.masks else p.detach()
+                             for k, p in layer.params.items()]
+                layer.mu, layer.sigma = magnitude_stats(effective)
+                layer.a, layer.b = thresholds(layer.mu, layer.sigma, layer.c, self.margin)
+
+    @torch.no_grad()
+    def step(self, iteration: int) -> int:
+        """Surgery at `iteration`: each layer draws r and, if its gate opens, updates its masks.
+
+        Returns how many layers updated their masks.
+        """
+        updated = 0
+        for layer in self.layers:
+            if not layer.under_surgery:
+                continue
+            draw = torch.rand((), generator=self.generator).item()
+            if not gate_open(iteration, draw, self.gamma, self.power, layer.iter_stop):
+                continue
+            for key, mask in layer.masks.items():
+                magnitude = layer.params[key].abs()
+                kept = mask.bool()
+                cut, splice = magnitude <= layer.a, magnitude > layer.b
+                layer.pruned += int((cut & kept).count_nonzero())
+                layer.spliced += int((splice & ~kept).count_nonzero())
+                mask.masked_fill_(cut, 0).masked_fill_(splice, 1)  # the rule of update_mask, in place
+            updated += 1
+        return updated
