@@ -1,0 +1,56 @@
+import struct
+
+import pytest
+import torch
+
+from dns.config import DatasetConfig
+from dns.data import ShuffledBatches, Split, load_split, prepare_dataset
+
+
+def write_idx(path, data: torch.Tensor):
+    """An IDX file (the MNIST format): magic, dimensions, then unsigned bytes."""
+    magic = 0x0800 + data.dim()
+    path.write_bytes(struct.pack(f">I{data.dim()}I", magic, *data.shape) + bytes(data.flatten().tolist()))
+
+
+def fake_fashion_mnist(root, n_train=6, n_test=4):
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+        images[0, 0, 0] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.arange(n, dtype=torch.uint8) % 10)
+
+
+def test_fashion_mnist_loads_as_tensors_scaled_like_caffe(tmp_path):
+    fake_fashion_mnist(tmp_path)
+    cfg = DatasetConfig(name="fashion_mnist", root=str(tmp_path), download=False)
+    train, test = load_split(cfg, train=True), load_split(cfg, train=False)
+    assert train.images.shape == (6, 1, 28, 28) and test.images.shape == (4, 1, 28, 28)
+    assert train.images[0, 0, 0, 0].item() == 255 / 256  # Caffe's scale 0.00390625, not 1/255
+    assert train.labels.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_real_mnist_has_the_official_sizes(data_root):
+    cfg = DatasetConfig(name="mnist", root=str(data_root), download=False)
+    train, test = load_split(cfg, train=True), load_split(cfg, train=False)
+    assert len(train.labels) == 60000 and len(test.labels) == 10000
+    assert test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert 0.0 <= train.images.min() and train.images.max() == 255 / 256
+
+
+def test_missing_data_names_the_path_and_the_fix(tmp_path):
+    cfg = DatasetConfig(name="mnist", root=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(FileNotFoundError, match=r"nowhere/MNIST/raw lacks .*set DNS_DATA or dataset.root"):
+        prepare_dataset(cfg)
+
+
+def test_batches_cover_each_epoch_once_and_repeat_by_seed():
+    split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
+    batches = ShuffledBatches(split, batch_size=3, seed=1)
+    epoch = torch.cat([next(batches)[1] for _ in range(3)])  # 9 of 10; the short tail is dropped
+    assert len(set(epoch.tolist())) == 9
+    again = ShuffledBatches(split, batch_size=3, seed=1)
+    assert torch.equal(torch.cat([next(again)[1] for _ in range(3)]), epoch)

@@ -1,0 +1,59 @@
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from dns.masks import attach_mask, attach_masks, dense_parameter, mask_state_dict, plain_state_dict
+
+
+def linear(weight, bias=(0.0, 0.0)):
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+        layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+def test_forward_uses_the_masked_weight():
+    layer = linear([[1.0, 2.0], [3.0, 4.0]], bias=[0.5, -0.5])
+    attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    attach_mask(layer, "bias", torch.tensor([0.0, 1.0]))
+    out = layer(torch.tensor([[1.0, 1.0]]))
+    assert out.tolist() == [[1.0, 3.5]]  # [1·1 + 0, 4·1 - 0.5]
+
+
+def test_backward_is_straight_through_to_masked_weights():
+    layer = linear([[1.0, 2.0], [3.0, 4.0]])
+    attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    layer(torch.tensor([[2.0, 3.0]])).sum().backward()
+    # dL/d(W ⊙ T) = x for every row, and W receives it at masked positions too
+    assert dense_parameter(layer, "weight").grad.tolist() == [[2.0, 3.0], [2.0, 3.0]]
+
+    # torch.nn.utils.prune's rule, for contrast: masked entries get no gradient, so they could never return
+    other = linear([[1.0, 2.0], [3.0, 4.0]])
+    prune.custom_from_mask(other, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    other(torch.tensor([[2.0, 3.0]])).sum().backward()
+    assert other.weight_orig.grad.tolist() == [[2.0, 0.0], [0.0, 3.0]]
+
+
+def test_optimizer_keeps_updating_pruned_weights():
+    layer = linear([[1.0, 2.0], [3.0, 4.0]])
+    attach_mask(layer, "weight", torch.zeros(2, 2))
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(torch.tensor([[2.0, 3.0]])).sum().backward()
+    optimizer.step()
+    assert dense_parameter(layer, "weight").tolist() == [[0.0, 0.5], [2.0, 2.5]]
+
+
+def test_state_dicts_use_plain_names_and_bool_masks():
+    model = nn.Sequential(linear([[1.0, 2.0], [3.0, 4.0]]))
+    live = attach_masks({"0": model[0]}, prune_bias=False,
+                        initial={"0.weight": torch.tensor([[1.0, 0.0], [1.0, 1.0]])})
+    assert list(live["0"]) == ["weight"]
+    plain = plain_state_dict(model)
+    assert sorted(plain) == ["0.bias", "0.weight"]
+    assert plain["0.weight"].tolist() == [[1.0, 2.0], [3.0, 4.0]]  # dense W, masked entries kept
+    masks = mask_state_dict(model)
+    assert list(masks) == ["0.weight"] and masks["0.weight"].dtype == torch.bool
+    assert masks["0.weight"].tolist() == [[True, False], [True, True]]
+    fresh = nn.Sequential(nn.Linear(2, 2))
+    fresh.load_state_dict(plain)  # loads into the unmodified model

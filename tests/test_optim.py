@@ -1,0 +1,47 @@
+import pytest
+import torch
+from torch import nn
+
+from dns.config import LRPolicyConfig, OptimizerConfig
+from dns.optim import CaffeSGD, build_optimizer, learning_rate, set_learning_rate
+
+
+def test_learning_rate_policies():
+    assert learning_rate(LRPolicyConfig("fixed"), 0.01, 5000) == 0.01
+    assert learning_rate(LRPolicyConfig("inv", gamma=1e-4, power=0.75), 0.01, 10000) == pytest.approx(0.01 * 2 ** -0.75)
+    step = LRPolicyConfig("step", gamma=0.1, step_size=100)
+    assert [learning_rate(step, 1.0, i) for i in (0, 99, 100, 250)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def run_two_steps(optimizer_cls):
+    w = nn.Parameter(torch.tensor([1.0]))
+    opt = optimizer_cls([w], lr=0.1, momentum=0.9, weight_decay=0.0)
+    for lr in (0.1, 0.05):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w.grad = torch.tensor([1.0])
+        opt.step()
+    return w.item()
+
+
+def test_caffe_sgd_keeps_the_learning_rate_inside_the_momentum():
+    # Caffe: v1 = 0.1, w = 0.9; v2 = 0.9·0.1 + 0.05 = 0.14, w = 0.76
+    assert run_two_steps(CaffeSGD) == pytest.approx(0.76)
+    # torch: v1 = 1, w = 0.9; v2 = 0.9 + 1 = 1.9, w = 0.9 - 0.05·1.9 = 0.805
+    assert run_two_steps(torch.optim.SGD) == pytest.approx(0.805)
+
+
+def test_caffe_sgd_decays_weights_inside_the_update():
+    w = nn.Parameter(torch.tensor([2.0]))
+    opt = CaffeSGD([w], lr=0.1, momentum=0.9, weight_decay=0.5)
+    w.grad = torch.tensor([1.0])
+    opt.step()
+    assert w.item() == pytest.approx(2.0 - 0.1 * (1.0 + 0.5 * 2.0))
+
+
+def test_biases_learn_at_bias_lr_mult():
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, OptimizerConfig(name="caffe_sgd", bias_lr_mult=2.0), base_lr=0.01)
+    set_learning_rate(opt, 0.005)
+    lrs = {tuple(p.shape): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs == {(2, 3): 0.005, (2,): 0.01}

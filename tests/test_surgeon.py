@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from dns.config import RunConfig
+from dns.models import get_model
+from dns.report import layer_rows, totals
+from dns.surgeon import Surgeon, select_layers
+from dns.train import build_surgeon
+
+KINDS = {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc"}
+
+
+@pytest.mark.parametrize("selection, expected", [
+    ("all", ["conv1", "conv2", "fc1", "fc2"]),
+    ("conv", ["conv1", "conv2"]),
+    ("fc", ["fc1", "fc2"]),
+    (["fc2", "conv1"], ["conv1", "fc2"]),  # forward order, whatever the order given
+    (["conv", "fc2"], ["conv1", "conv2", "fc2"]),
+])
+def test_select_layers(selection, expected):
+    assert select_layers(selection, KINDS) == expected
+
+
+def test_select_layers_refuses_unknown_names():
+    with pytest.raises(ValueError, match="no layer named 'fc3'"):
+        select_layers(["fc1", "fc3"], KINDS)
+
+
+def one_layer(weight, bias):
+    model = nn.Sequential(nn.Linear(len(weight), 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([weight]))
+        model[0].bias.copy_(torch.tensor([bias]))
+    return model
+
+
+def test_thresholds_come_from_weights_and_biases_and_prune_then_splice_back():
+    model = one_layer([0.5, 1.0, 2.0, 4.0], 0.0)
+    surgeon = Surgeon(model, c={"0": 0.0}, iter_stop={"0": 100}, gamma=0.0)  # gamma 0: the gate always opens
+    surgeon.start()
+    layer = surgeon.layers[0]
+    assert layer.mu == pytest.approx(1.875)  # mean of 0.5, 1, 2, 4 (the zero bias is left out)
+    assert layer.sigma == pytest.approx(math.sqrt((0.25 + 1 + 4 + 16) / 4 - 1.875 ** 2))
+    assert (layer.a, layer.b) == (pytest.approx(0.9 * 1.875), pytest.approx(1.1 * 1.875))
+
+    assert surgeon.step(0) == 1
+    assert layer.masks["weight"].tolist() == [[0.0, 0.0, 1.0, 1.0]]  # 2.0 sits in (a, b]: kept
+    assert layer.masks["bias"].tolist() == [0.0]
+    assert (layer.pruned, layer.spliced) == (3, 0)
+
+    with torch.no_grad():
+        layer.params["weight"][0, 0] = 2.1  # grows past b = 2.0625
+        layer.params["weight"][0, 1] = 2.0  # into the band: a pruned weight stays pruned
+    surgeon.step(1)
+    assert layer.masks["weight"].tolist() == [[1.0, 0.0, 1.0, 1.0]]
+    assert (layer.pruned, layer.spliced) == (3, 1)
+
+
+def test_a_pruned_weight_learns_its_way_back():
+    """Straight-through training grows a pruned weight past b, and the next surgery splices it back."""
+    model = one_layer([0.05, 1.0, 1.0, 1.0], 0.0)
+    surgeon = Surgeon(model, c={"0": 0.0}, iter_stop={"0": 1000}, gamma=0.0)
+    surgeon.start()  # thresholds a = 0.77, b = 0.94 (mu = 0.7625, sigma = 0.411)
+    layer = surgeon.layers[0]
+    surgeon.step(0)
+    assert layer.masks["weight"][0, 0] == 0  # 0.05 is pruned at once
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.eye(4)
+    y = torch.tensor([[2.0], [1.0], [1.0], [1.0]])  # the data wants the first weight at 2
+    for i in range(1, 200):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        surgeon.step(i)
+        if layer.masks["weight"][0, 0] == 1:
+            break
+    assert layer.masks["weight"][0, 0] == 1 and layer.spliced >= 1
+    assert layer.params["weight"][0, 0] > layer.b
+
+
+def test_the_gate_follows_sigma_and_stops_at_iter_stop():
+    model = one_layer([1.0, 2.0], 0.5)
+    surgeon = Surgeon(model, c={"0": 1.0}, iter_stop={"0": 3000}, gamma=1e-3, power=1.0, seed=7)
+    surgeon.start()
+    updates = sum(surgeon.step(i) for i in range(4000))
+    expected = sum((1 + 1e-3 * i) ** -1 for i in range(3000))  # ≈ 1386
+    assert abs(updates - expected) < 5 * math.sqrt(expected)
+    assert sum(surgeon.step(i) for i in range(3000, 3500)) == 0  # frozen from iter_stop on
+
+
+def test_layers_outside_the_selection_keep_their_masks():
+    model = get_model("lenet5")
+    surgeon = Surgeon(model, c={"fc1": 2.0}, iter_stop={"fc1": 10}, gamma=0.0)
+    surgeon.start()
+    surgeon.step(0)
+    by_name = {layer.name: layer for layer in surgeon.layers}
+    assert by_name["fc1"].remaining() < by_name["fc1"].param_count()
+    for name in ("conv1", "conv2", "fc2"):
+        assert by_name[name].remaining() == by_name[name].param_count() and by_name[name].a is None
+
+
+def set_masks(surgeon, kept):
+    """Keep the first kept[name] = (weights, biases) entries of each layer."""
+    for layer in surgeon.layers:
+        for key, count in zip(("weight", "bias"), kept[layer.name]):
+            if key in layer.masks:
+                flat = layer.masks[key].view(-1)
+                flat.zero_()
+                flat[:count] = 1
+
+
+def test_compression_counts_kept_parameters_with_and_without_biases():
+    surgeon = Surgeon(get_model("lenet5"), c={}, iter_stop={})
+    set_masks(surgeon, {"conv1": (72, 2), "conv2": (770, 9), "fc1": (2920, 3), "fc2": (215, 2)})
+    total = totals(layer_rows(surgeon))
+    # the authors' released sparse LeNet-5: 3,993 of 431,080 parameters, 3,977 of 430,500 weights
+    assert (total["params"], total["remaining"]) == (431080, 3993)
+    assert total["compression"] == pytest.approx(107.96, abs=0.01)
+    assert (total["weight_params"], total["weight_remaining"]) == (430500, 3977)
+    assert total["weight_compression"] == pytest.approx(108.25, abs=0.01)
+
+
+def test_unmasked_biases_count_in_full():
+    surgeon = Surgeon(get_model("lenet300"), c={}, iter_stop={}, prune_bias=False)
+    assert all(list(layer.masks) == ["weight"] for layer in surgeon.layers)
+    set_masks(surgeon, {"fc1": (4351, 0), "fc2": (552, 0), "fc3": (49, 0)})
+    total = totals(layer_rows(surgeon))
+    assert total["remaining"] == 4952 + 410 and total["weight_remaining"] == 4952
+
+
+def test_per_layer_c_and_iter_stop_override_the_defaults():
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), {
+        "model": {"name": "lenet5"}, "dataset": {"name": "mnist"}, "optimizer": {}, "lr_policy": {},
+        "surgery": {"iters": 500, "c": 1.5, "c_per_layer": {"fc1": 4.0}, "iter_stop_per_layer": {"fc1": 300},
+                    "layers": ["conv2", "fc"]}}))
+    surgeon = build_surgeon(get_model("lenet5"), cfg, None)
+    settings = {layer.name: (layer.c, layer.iter_stop) for layer in surgeon.layers if layer.under_surgery}
+    assert settings == {"conv2": (1.5, 500), "fc1": (4.0, 300), "fc2": (1.5, 500)}
