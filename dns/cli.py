@@ -1,11 +1,14 @@
-"""`dns-train`: the Hydra app over conf/ (shipped in the package as dns.conf).
+"""The console scripts: `dns-train` (the Hydra app over conf/, shipped as dns.conf), `dns-eval` and
+`dns-import-caffe`.
 
-Every job's configuration is composed and validated before Hydra creates a run directory, so bad input
+Every configuration is composed and validated before any work or any file is written, so bad input
 ends with one line on stderr, exit status 2, and nothing written.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dns.config import ConfigError, register_configs, validate
 
@@ -81,13 +84,72 @@ def check_jobs(args: list[str]) -> None:
                 raise ConfigError(one_line(e)) from None
 
 
+def fail(program: str, message: str) -> None:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
 def main() -> None:
     try:
         check_jobs(sys.argv[1:])
     except ConfigError as e:
-        print(f"dns-train: error: {e}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+        fail("dns-train", str(e))
     _train()
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    """dns-eval CHECKPOINT [--json] [dataset overrides]: test error and the per-layer table."""
+    from dns.checkpoint import load_checkpoint
+    from dns.data import load_split, prepare_dataset
+    from dns.evaluate import evaluation_report
+    from dns.report import markdown_table
+
+    parser = argparse.ArgumentParser(prog="dns-eval", description="Test error and per-layer sparsity of a "
+                                     "checkpoint (dns-train's or dns-import-caffe's).")
+    parser.add_argument("checkpoint", help="a .pt checkpoint")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. dataset.root=PATH")
+    parser.add_argument("--json", action="store_true", help="print report.json's fields instead of the table")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            dataset = OmegaConf.to_object(compose(config_name="config", overrides=args.overrides)).dataset
+        checkpoint = load_checkpoint(args.checkpoint)
+        prepare_dataset(dataset)
+    except (ValueError, FileNotFoundError) as e:
+        fail("dns-eval", one_line(e))
+    except Exception as e:  # Hydra's composition errors
+        fail("dns-eval", one_line(e))
+    report = evaluation_report(checkpoint, load_split(dataset, train=False), dataset.name, dataset.test_batch_size)
+    print(json.dumps(report, indent=2) if args.json else markdown_table(report), end="\n" if args.json else "")
+
+
+def import_caffe_main(argv: list[str] | None = None) -> None:
+    """dns-import-caffe FILE.caffemodel --model NAME --out FILE.pt"""
+    from dns.caffe import CaffeFormatError, read_net, to_checkpoint
+    from dns.checkpoint import save_checkpoint
+    from dns.models import list_models
+
+    parser = argparse.ArgumentParser(prog="dns-import-caffe", description="Convert a Caffe .caffemodel "
+                                     "(the DNS authors' LeNets) into a dns checkpoint.")
+    parser.add_argument("caffemodel")
+    parser.add_argument("--model", required=True, choices=list_models())
+    parser.add_argument("--out", required=True, help="the .pt checkpoint to write")
+    args = parser.parse_args(argv)
+    try:
+        _, layers = read_net(Path(args.caffemodel).read_bytes())
+        content = to_checkpoint(layers, args.model, str(args.caffemodel))
+    except (OSError, CaffeFormatError) as e:
+        fail("dns-import-caffe", f"{args.caffemodel}: {one_line(e)}")
+    save_checkpoint(Path(args.out), **content)
+    print(f"{args.caffemodel} -> {args.out} ({args.model})")
+    print(f"{'layer':<7}{'caffe':<8}{'shape':<16}{'remaining':>26}{'c_rate':>8}{'iter_stop':>10}{'gamma':>8}{'power':>7}")
+    for name, settings in content["layers"].items():
+        weight, bias = content["masks"][f"{name}.weight"], content["masks"][f"{name}.bias"]
+        kept, total = int(weight.sum() + bias.sum()), weight.numel() + bias.numel()
+        cells = [settings[k] if settings[k] is not None else "-" for k in ("c", "iter_stop", "gamma", "power")]
+        print(f"{name:<7}{content['source']['caffe_layers'][name]:<8}{str(list(weight.shape)):<16}"
+              f"{f'{kept:,}/{total:,} ({100 * kept / total:.2f}%)':>26}" + "".join(
+                  f"{str(c):>{w}}" for c, w in zip(cells, (8, 10, 8, 7))))
 
 
 if __name__ == "__main__":

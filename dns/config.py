@@ -65,6 +65,7 @@ class LRPolicyConfig:
 class ReferenceConfig:
     iters: int = 10000  # iterations to train the dense reference (ignored with `checkpoint`)
     checkpoint: Optional[str] = None  # start from this checkpoint instead of training
+    surgery_settings: bool = False  # take per-layer c, iter_stop, gamma, power from the checkpoint
 
 
 @dataclass
@@ -168,10 +169,43 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             require(name in kinds, f"surgery.{key} names {name!r}, which is no layer of {run.model.name} "
                                    f"(layers: {', '.join(kinds)})")
     if run.reference.checkpoint is not None:
-        require(os.path.isfile(run.reference.checkpoint),
-                f"reference.checkpoint={run.reference.checkpoint}: no such file; give the path of a .pt checkpoint")
+        adopt_checkpoint(run, kinds)
+    else:
+        require(not run.reference.surgery_settings, "reference.surgery_settings=true needs reference.checkpoint")
     try:
         prepare_dataset(run.dataset)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     return run
+
+
+def adopt_checkpoint(run: RunConfig, kinds: dict[str, str]) -> None:
+    """Check that reference.checkpoint fits the model; with surgery_settings, take its surgery settings."""
+    from dns.checkpoint import load_checkpoint
+
+    path = run.reference.checkpoint
+    if not os.path.isfile(path):
+        raise ConfigError(f"reference.checkpoint={path}: no such file; give the path of a .pt checkpoint")
+    try:
+        checkpoint = load_checkpoint(path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if checkpoint.get("model") != run.model.name:
+        raise ConfigError(f"reference.checkpoint holds a {checkpoint.get('model')} model, not {run.model.name}: "
+                          f"pick model={checkpoint.get('model')} or another checkpoint")
+    if not run.reference.surgery_settings:
+        return
+    layers = {name: s for name, s in (checkpoint.get("layers") or {}).items() if s.get("c") is not None}
+    if not layers:
+        raise ConfigError(f"{path} stores no surgery settings: drop reference.surgery_settings=true")
+    s = run.surgery
+    s.layers = [name for name in kinds if name in layers]
+    s.c_per_layer = {name: float(v["c"]) for name, v in layers.items()}
+    s.iter_stop_per_layer = {name: int(v["iter_stop"]) for name, v in layers.items() if v.get("iter_stop") is not None}
+    for key in ("gamma", "power"):
+        values = {v[key] for v in layers.values() if v.get(key) is not None}
+        if len(values) > 1:
+            raise ConfigError(f"{path} gives its layers different {key} values {sorted(values)}; dns-train takes "
+                              f"one: drop reference.surgery_settings=true and set surgery.{key}")
+        if values:
+            setattr(s, key, values.pop())

@@ -111,12 +111,16 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines.append(f"| **total** | **{total['params']:,}** | **{total['remaining']:,}** | "
                  f"**{pct(total['remaining_pct'])}** | | | | | |")
     lines += ["", f"Compression: **{times(total['compression'])}** over weights and biases "
-                  f"({times(total['weight_compression'])} over weights alone).", "",
-              f"Test error: {pct(100 * test['reference_error'])} (reference) → "
-              f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).", "",
-              "| stage | iterations | wall seconds |", "|---|---:|---:|"]
-    for stage, iters in report["iterations"].items():
-        lines.append(f"| {stage} | {iters:,} | {report['wall_seconds'].get(stage, 0):.1f} |")
+                  f"({times(total['weight_compression'])} over weights alone).", ""]
+    if "reference_error" in test:
+        lines.append(f"Test error: {pct(100 * test['reference_error'])} (reference) → "
+                     f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
+    else:
+        lines.append(f"Test error: **{pct(100 * test['final_error'])}**.")
+    if "iterations" in report:
+        lines += ["", "| stage | iterations | wall seconds |", "|---|---:|---:|"]
+        for stage, iters in report["iterations"].items():
+            lines.append(f"| {stage} | {iters:,} | {report['wall_seconds'].get(stage, 0):.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,8 @@ from dns.masks import attach_masks, dense_parameter
 from dns.models import layer_kind, prunable_layers
 from dns.thresholds import gate_open, magnitude_stats, thresholds
 
-LAYER_GROUPS = ("all", "conv", "fc")
+# what a checkpoint keeps of each layer's surgery, beside its weights and masks
+LAYER_SETTINGS = ("c", "iter_stop", "mu", "sigma", "a", "b", "pruned", "spliced")
 
 
 def select_layers(selection: str | list[str], kinds: dict[str, str]) -> list[str]:
@@ -110,6 +111,17 @@ class Surgeon:
                              for k, p in layer.params.items()]
                 layer.mu, layer.sigma = magnitude_stats(effective)
                 layer.a, layer.b = thresholds(layer.mu, layer.sigma, layer.c, self.margin)
+
+    def layer_settings(self) -> dict[str, dict]:
+        """{layer name: {c, iter_stop, mu, sigma, a, b, pruned, spliced}}, for checkpoints."""
+        return {layer.name: {key: getattr(layer, key) for key in LAYER_SETTINGS} for layer in self.layers}
+
+    def load_layer_settings(self, settings: dict[str, dict]) -> None:
+        """Restore what `layer_settings` returned (keys it lacks are left as they are)."""
+        for layer in self.layers:
+            for key, value in settings.get(layer.name, {}).items():
+                if key in LAYER_SETTINGS:
+                    setattr(layer, key, value)
 
     @torch.no_grad()
     def step(self, iteration: int) -> int:

@@ -12,8 +12,9 @@ from torch import nn
 from tqdm import tqdm
 
 from dns.checkpoint import load_checkpoint, save_checkpoint
-from dns.config import ConfigError, RunConfig
+from dns.config import RunConfig
 from dns.data import ShuffledBatches, Split, load_split
+from dns.evaluate import evaluate
 from dns.masks import mask_state_dict, plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import build_optimizer, learning_rate, set_learning_rate
@@ -22,18 +23,6 @@ from dns.surgeon import Surgeon, select_layers
 from dns.thresholds import surgery_probability
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int) -> float:
-    """Top-1 error on `split`, a fraction in [0, 1]."""
-    model.eval()
-    wrong = 0
-    for start in range(0, len(split.labels), batch_size):
-        logits = model(split.images[start:start + batch_size])
-        wrong += int((logits.argmax(1) != split.labels[start:start + batch_size]).sum())
-    model.train()
-    return wrong / len(split.labels)
 
 
 def pick_device(name: str) -> torch.device:
@@ -124,10 +113,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     tick = time.perf_counter()
     initial_masks = None
     if cfg.reference.checkpoint is not None:
-        reference = load_checkpoint(cfg.reference.checkpoint)
-        if reference["model"] != cfg.model.name:
-            raise ConfigError(f"reference.checkpoint holds a {reference['model']} model, not {cfg.model.name}: "
-                              f"pick model={reference['model']} or another checkpoint")
+        reference = load_checkpoint(cfg.reference.checkpoint)  # validate() checked it fits the model
         model.load_state_dict(reference["state_dict"])
         initial_masks = reference.get("masks") or None
         iterations["reference"] = 0
@@ -176,7 +162,4 @@ def save(path: Path, cfg: RunConfig, model: nn.Module, surgeon: Surgeon, stage: 
     save_checkpoint(path, model=cfg.model.name, num_classes=cfg.dataset.num_classes,
                     state_dict={k: v.cpu() for k, v in plain_state_dict(model).items()},
                     masks={k: v.cpu() for k, v in mask_state_dict(model).items()},
-                    layers={row["name"]: {k: row[k] for k in ("c", "iter_stop", "mu", "sigma", "a", "b",
-                                                             "pruned", "spliced")}
-                            for row in layer_rows(surgeon)},
-                    stage=stage, test_error=test_error, config=asdict(cfg))
+                    layers=surgeon.layer_settings(), stage=stage, test_error=test_error, config=asdict(cfg))

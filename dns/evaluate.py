@@ -1,0 +1,45 @@
+"""Test error of a model, and a checkpoint brought back to a masked model for evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dns.data import Split
+from dns.models import get_model
+from dns.report import layer_rows, totals
+from dns.surgeon import Surgeon
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int) -> float:
+    """Top-1 error on `split`, a fraction in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for start in range(0, len(split.labels), batch_size):
+        logits = model(split.images[start:start + batch_size])
+        wrong += int((logits.argmax(1) != split.labels[start:start + batch_size]).sum())
+    model.train(was_training)
+    return wrong / len(split.labels)
+
+
+def restore(checkpoint: dict[str, Any]) -> tuple[nn.Module, Surgeon]:
+    """The checkpoint's model with its masks attached, and a surgeon holding its per-layer settings."""
+    model = get_model(checkpoint["model"], num_classes=checkpoint["num_classes"])
+    model.load_state_dict(checkpoint["state_dict"])
+    masks = checkpoint.get("masks") or {}
+    surgeon = Surgeon(model, c={}, iter_stop={}, prune_bias=any(k.endswith(".bias") for k in masks),
+                      initial_masks=masks)
+    surgeon.load_layer_settings(checkpoint.get("layers") or {})
+    return model, surgeon
+
+
+def evaluation_report(checkpoint: dict[str, Any], split: Split, dataset: str, batch_size: int) -> dict[str, Any]:
+    """The fields of report.json that a checkpoint alone determines: layers, totals and the test error."""
+    model, surgeon = restore(checkpoint)
+    rows = layer_rows(surgeon)
+    return {"model": checkpoint["model"], "dataset": dataset, "status": "evaluated", "layers": rows,
+            "total": totals(rows), "test": {"final_error": evaluate(model, split, batch_size)}}
