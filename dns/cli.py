@@ -154,3 +154,27 @@ def import_caffe_main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """dns-report PATH...: the runs under PATH side by side with the paper, printed and written next to them."""
+    import os
+
+    from dns.tables import find_runs, markdown, write
+
+    parser = argparse.ArgumentParser(prog="dns-report", description="Tables of DNS runs beside the paper's: "
+                                     "Table 1, the layer-wise tables, and a sweep's Pareto front.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories, or folders (a multirun) holding them")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write dns_report.{md,csv,png} (default: PATH, or the paths' common folder)")
+    args = parser.parse_args(argv)
+    try:
+        runs = find_runs(args.paths)
+    except FileNotFoundError as e:
+        fail("dns-report", str(e))
+    if not runs:
+        fail("dns-report", f"no run directories (report.json or .hydra/) under {' '.join(map(str, args.paths))}")
+    root = Path(os.path.commonpath([p.resolve() for p in args.paths]))
+    files = write(runs, root, args.out or root)
+    print(markdown(runs, root))
+    print("written: " + ", ".join(str(p) for p in files.values()))

@@ -1,0 +1,251 @@
+"""`dns-report`: many runs side by side with the paper — Table 1, the layer-wise tables, a sweep's Pareto front.
+
+Rows of data first (`collect`, `table1_rows`, `layer_rows_by_model`, `sweep_rows`), formatting second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from dns import paper
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str  # completed | interrupted | failed (from report.json) | incomplete (no report.json)
+    report: dict[str, Any] | None
+    overrides: list[str]
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed" and self.report is not None
+
+    @property
+    def model(self) -> str | None:
+        return self.report["model"] if self.report else None
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "report.json").is_file() or (path / ".hydra").is_dir()
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run directory at or below `paths`, in path order."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a directory: give run directories or a multirun directory")
+        found += [path] if is_run_dir(path) else sorted(
+            (p for p in path.rglob("*") if p.is_dir() and is_run_dir(p)), key=_natural)
+    runs = []
+    for path in dict.fromkeys(found):
+        report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else None
+        overrides_file = path / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        runs.append(Run(path, report["status"] if report else "incomplete", report, [str(o) for o in overrides]))
+    return runs
+
+
+def _natural(path: Path) -> list:
+    """Sort multirun job folders 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [int(part) if part.isdigit() else part for part in path.parts]
+
+
+def label(run: Run, root: Path) -> str:
+    name = os.path.relpath(run.path, root)
+    return run.path.name if name == "." else name
+
+
+def dns_iterations(report: dict[str, Any]) -> int:
+    return report["iterations"]["surgery"] + report["iterations"]["finetune"]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (compression, error) points: True where no other point is at least as good in both and better in one."""
+    def dominates(p, q):
+        return p[0] >= q[0] and p[1] <= q[1] and p != q
+    return [not any(dominates(q, p) for q in points) for p in points]
+
+
+def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
+    """Per model: the paper's row, each completed run, and mean ± std when there are several."""
+    rows = []
+    for model in dict.fromkeys(r.model for r in runs if r.completed):
+        ref = paper.TABLE1.get(model)
+        if ref:
+            rows.append({"network": ref["network"], "source": "paper (Guo et al. 2016)",
+                         "reference_error": ref["reference_error"], "final_error": ref["error"],
+                         "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
+                         "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
+        mine = [r for r in runs if r.completed and r.model == model]
+        for run in mine:
+            rep = run.report
+            rows.append({"network": ref["network"] if ref else model, "source": label(run, root),
+                         "reference_error": rep["test"]["reference_error"], "final_error": rep["test"]["final_error"],
+                         "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
+                         "compression": rep["total"]["compression"],
+                         "iterations": f"{rep['iterations']['reference'] / 1000:g}K → {dns_iterations(rep) / 1000:g}K"})
+        for group in seed_groups(mine):
+            errors = [r.report["test"]["final_error"] for r in group]
+            ratios = [r.report["total"]["compression"] or 0.0 for r in group]
+            rows.append({"network": ref["network"] if ref else model,
+                         "source": f"mean ± std of {', '.join(label(r, root) for r in group)}",
+                         "reference_error": None, "final_error": (statistics.mean(errors), statistics.stdev(errors)),
+                         "params": None, "remaining": None,
+                         "compression": (statistics.mean(ratios), statistics.stdev(ratios)), "iterations": ""})
+    return rows
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs whose overrides differ in the seed alone, grouped; only groups of two or more."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        key = tuple(sorted(o for o in run.overrides if not o.startswith(("seed=", "hydra."))))
+        groups.setdefault(key, []).append(run)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def layer_rows_by_model(runs: list[Run], root: Path) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """Per model: column names and rows of remaining % per layer (paper, then each completed run)."""
+    tables = {}
+    for model in dict.fromkeys(r.model for r in runs if r.completed):
+        mine = [r for r in runs if r.completed and r.model == model]
+        header = ["layer", "parameters", "paper"] + [label(r, root) for r in mine]
+        rows = []
+        for i, layer in enumerate(mine[0].report["layers"]):
+            rows.append([layer["name"], layer["params"], paper.LAYERS.get(model, {}).get(layer["name"])]
+                        + [r.report["layers"][i]["remaining_pct"] for r in mine])
+        total_paper = 100 * paper.TABLE1[model]["remaining"] / paper.TABLE1[model]["params"] if model in paper.TABLE1 else None
+        rows.append(["total", mine[0].report["total"]["params"], total_paper]
+                    + [r.report["total"]["remaining_pct"] for r in mine])
+        tables[model] = (header, rows)
+    return tables
+
+
+def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
+    """One row per run, failed ones included; completed runs on the error-compression Pareto front are marked."""
+    done = [r for r in runs if r.completed]
+    front = dict(zip((id(r) for r in done), pareto_front(
+        [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
+    rows = []
+    for run in runs:
+        rep = run.report or {}
+        rows.append({
+            "run": label(run, root), "status": run.status, "model": run.model or "",
+            "overrides": " ".join(run.overrides),
+            "compression": rep.get("total", {}).get("compression"),
+            "weight_compression": rep.get("total", {}).get("weight_compression"),
+            "remaining": rep.get("total", {}).get("remaining"),
+            "reference_error": rep.get("test", {}).get("reference_error"),
+            "final_error": rep.get("test", {}).get("final_error"),
+            "reference_iters": rep.get("iterations", {}).get("reference"),
+            "dns_iters": dns_iterations(rep) if run.completed else None,
+            "pareto": front.get(id(run), False),
+        })
+    return rows
+
+
+def _pct(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, tuple):
+        return f"{100 * x[0]:.2f} ± {100 * x[1]:.2f} %"
+    return f"{100 * x:.2f} %"
+
+
+def _times(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, tuple):
+        return f"{x[0]:.1f} ± {x[1]:.1f}×"
+    return f"{x:.1f}×"
+
+
+def _count(x) -> str:
+    return "" if x is None else f"{x:,}"
+
+
+def markdown(runs: list[Run], root: Path) -> str:
+    lines = ["# DNS runs against the paper", "", "## Table 1", "",
+             "| network | run | reference error | DNS error | parameters | remaining | compression | iterations (reference → DNS) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in table1_rows(runs, root):
+        lines.append(f"| {r['network']} | {r['source']} | {_pct(r['reference_error'])} | {_pct(r['final_error'])} | "
+                     f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
+    for model, (header, rows) in layer_rows_by_model(runs, root).items():
+        network = paper.TABLE1.get(model, {}).get("network", model)
+        lines += ["", f"## {network}: remaining % per layer (paper's Tables 2–3)", "",
+                  "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        for row in rows:
+            cells = [row[0], f"{row[1]:,}"] + ["" if v is None else f"{v:.2f} %" for v in row[2:]]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", "", "Pareto front (no other run is both more compressed and more accurate): ★", "",
+              "| run | status | overrides | compression | DNS error | iterations (reference → DNS) | front |",
+              "|---|---|---|---:|---:|---|:-:|"]
+    for r in sweep_rows(runs, root):
+        iters = f"{r['reference_iters']:,} → {r['dns_iters']:,}" if r["dns_iters"] is not None else ""
+        lines.append(f"| {r['run']} | {r['status']} | {r['overrides'] or '(defaults)'} | {_times(r['compression'])} | "
+                     f"{_pct(r['final_error'])} | {iters} | {'★' if r['pareto'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    """Test error against compression (log scale) of the completed runs, with the published points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model in dict.fromkeys(r.model for r in runs if r.completed):
+        mine = [r for r in runs if r.completed and r.model == model]
+        points = [(r.report["total"]["compression"] or 0.0, 100 * r.report["test"]["final_error"]) for r in mine]
+        network = paper.TABLE1.get(model, {}).get("network", model)
+        line = ax.scatter(*zip(*points), label=f"{network}: our runs", zorder=3)
+        front = sorted(p for p, on in zip(points, pareto_front([(c, e) for c, e in points])) if on)
+        ax.plot(*zip(*front), color=line.get_facecolor()[0], linewidth=1, alpha=0.6)
+        if model in paper.TABLE1:
+            ref = paper.TABLE1[model]
+            ax.scatter([ref["compression"]], [100 * ref["error"]], marker="*", s=180, color=line.get_facecolor()[0],
+                       edgecolor="black", label=f"{network}: DNS paper", zorder=4)
+        for name, error, compression in paper.OTHERS.get(model, []):
+            ax.scatter([compression], [100 * error], marker="x", color=line.get_facecolor()[0], zorder=3)
+            ax.annotate(name, (compression, 100 * error), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="compression (parameters / remaining, log scale)", ylabel="test error %",
+           title="Error against compression")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(runs: list[Run], root: Path, out_dir: Path) -> dict[str, Path]:
+    """dns_report.md, dns_report.csv and (with completed runs) dns_report.png in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"md": out_dir / "dns_report.md", "csv": out_dir / "dns_report.csv"}
+    files["md"].write_text(markdown(runs, root))
+    write_csv(files["csv"], sweep_rows(runs, root))
+    if any(r.completed for r in runs):
+        files["png"] = out_dir / "dns_report.png"
+        plot(runs, files["png"])
+    return files

@@ -1,0 +1,60 @@
+"""dns-report over small real runs made here, a failed one among them."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dns.tables import pareto_front
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    # (compression, error): the second is beaten by the third in both; the last ties nobody
+    points = [(10.0, 0.010), (20.0, 0.020), (30.0, 0.015), (5.0, 0.009), (30.0, 0.015)]
+    assert pareto_front(points) == [True, False, True, True, True]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root):
+    """A real three-job sweep over c, and beside it a run that died before writing its report."""
+    root = tmp_path_factory.mktemp("sweep")
+    exe = Path(sys.executable).with_name("dns-train")
+    result = subprocess.run([str(exe) if exe.exists() else "dns-train", "-m", "model=lenet300",
+                             "reference.iters=150", "surgery.iters=60", "finetune.iters=20", "eval_every=1000",
+                             "surgery.c=0.5,2,4", "hydra.sweep.dir=sweep"],
+                            cwd=root, capture_output=True, text=True, env={**os.environ, "DNS_DATA": str(data_root)})
+    assert result.returncode == 0, result.stderr
+    failed = root / "sweep" / "3" / ".hydra"
+    failed.mkdir(parents=True)
+    (failed / "overrides.yaml").write_text("- model=lenet300\n- surgery.c=8\n")
+    return root / "sweep"
+
+
+def test_report_tables_mark_the_front_and_list_failed_runs(sweep):
+    exe = Path(sys.executable).with_name("dns-report")
+    result = subprocess.run([str(exe) if exe.exists() else "dns-report", str(sweep)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    md = (sweep / "dns_report.md").read_text()
+    assert md == result.stdout.split("written:")[0].rstrip("\n") + "\n"
+    assert "| LeNet-300-100 | paper (Guo et al. 2016) | 2.28 % | 1.99 % | 266,610 | 4,800 | 56.0× | 10K → 25K |" in md
+    assert "| fc3 | 1,010 | 5.50 % |" in md  # the paper's Table 3 column beside ours
+    assert "| 3 | incomplete | model=lenet300 surgery.c=8 |" in md
+
+    rows = list(csv.DictReader(open(sweep / "dns_report.csv")))
+    assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["status"] for r in rows] == ["completed"] * 3 + ["incomplete"]
+    reports = [json.loads((sweep / str(i) / "report.json").read_text()) for i in range(3)]
+    points = [(r["total"]["compression"], r["test"]["final_error"]) for r in reports]
+    assert [r["pareto"] == "True" for r in rows[:3]] == pareto_front(points)
+    assert float(rows[2]["compression"]) > float(rows[0]["compression"])  # c = 4 prunes more than c = 0.5
+    assert (sweep / "dns_report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_of_nothing_is_an_error(tmp_path):
+    exe = Path(sys.executable).with_name("dns-report")
+    result = subprocess.run([str(exe) if exe.exists() else "dns-report", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "no run directories" in result.stderr
