@@ -154,20 +154,21 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _pct(x) -> str:
+def _cell(x, scale: float, digits: int, unit: str) -> str:
+    """A number, or a (mean, std) pair, scaled and formatted; empty for None."""
     if x is None:
         return ""
     if isinstance(x, tuple):
-        return f"{100 * x[0]:.2f} ± {100 * x[1]:.2f} %"
-    return f"{100 * x:.2f} %"
+        return f"{scale * x[0]:.{digits}f} ± {scale * x[1]:.{digits}f}{unit}"
+    return f"{scale * x:.{digits}f}{unit}"
+
+
+def _pct(x) -> str:
+    return _cell(x, 100.0, 2, " %")
 
 
 def _times(x) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, tuple):
-        return f"{x[0]:.1f} ± {x[1]:.1f}×"
-    return f"{x:.1f}×"
+    return _cell(x, 1.0, 1, "×")
 
 
 def _count(x) -> str:
