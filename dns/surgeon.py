@@ -137,11 +137,25 @@ class Surgeon:
             if not gate_open(iteration, draw, self.gamma, self.power, layer.iter_stop):
                 continue
             for key, mask in layer.masks.items():
-                magnitude = layer.params[key].abs()
-                kept = mask.bool()
-                cut, splice = magnitude <= layer.a, magnitude > layer.b
-                layer.pruned += int((cut & kept).count_nonzero())
-                layer.spliced += int((splice & ~kept).count_nonzero())
-                mask.masked_fill_(cut, 0).masked_fill_(splice, 1)  # the rule of update_mask, in place
+                pruned, spliced = apply_rule_(layer.params[key], mask, layer.a, layer.b)
+                layer.pruned += pruned
+                layer.spliced += spliced
             updated += 1
         return updated
+
+
+def apply_rule_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
+    """`thresholds.update_mask` in place on a float 0/1 mask; returns (pruned, spliced) counts.
+
+    Written with float arithmetic only: on CPU, comparisons into bool tensors cost several times
+    more than these vectorised float ops. The counts come from two reductions:
+    kept before ∩ after = old·new, so pruned = Σold − old·new and spliced = Σnew − old·new.
+    """
+    magnitude = weight.detach().abs()
+    above_a = (magnitude - a).clamp_(min=0).sign_()  # 1 where |w| > a
+    above_b = magnitude.sub_(b).clamp_(min=0).sign_()  # 1 where |w| > b
+    new = torch.maximum(above_a.mul_(mask), above_b)  # keep what was kept and is above a; add above b
+    old_count, new_count = mask.sum(), new.sum()
+    both = torch.dot(new.flatten(), mask.flatten())
+    mask.copy_(new)
+    return int(old_count - both), int(new_count - both)

@@ -140,3 +140,20 @@ def test_per_layer_c_and_iter_stop_override_the_defaults():
     surgeon = build_surgeon(get_model("lenet5"), cfg, None)
     settings = {layer.name: (layer.c, layer.iter_stop) for layer in surgeon.layers if layer.under_surgery}
     assert settings == {"conv2": (1.5, 500), "fc1": (4.0, 300), "fc2": (1.5, 500)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_in_place_rule_equals_update_mask_and_counts_the_changes(seed):
+    from dns.surgeon import apply_rule_
+    from dns.thresholds import update_mask
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(40, 30, generator=gen)
+    weight[0, :4] = torch.tensor([0.5, -0.5, 0.7, 0.0])  # exactly at a, at -a, exactly at b, zero
+    mask = (torch.rand(40, 30, generator=gen) > 0.5).float()
+    expected = update_mask(weight, mask, a=0.5, b=0.7)
+    pruned = int(((mask == 1) & (expected == 0)).sum())
+    spliced = int(((mask == 0) & (expected == 1)).sum())
+    assert apply_rule_(weight, mask, 0.5, 0.7) == (pruned, spliced)
+    assert torch.equal(mask, expected)
+    assert pruned > 0 and spliced > 0
