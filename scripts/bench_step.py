@@ -4,6 +4,7 @@
 
 For lenet5 and lenet300 it times the mean training step (forward, backward, SGD update, batch 64) of
   dense   the plain model, no masks (the reference stage);
+  masked  the masked model whose masks never change (fine-tuning): the cost of masking alone;
   gated   the masked model with the surgeon under the paper recipe's gate: iteration i runs over the
           surgery stage (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
   worst   the masked model updating every layer's mask at every step (gamma = 0).
@@ -56,16 +57,17 @@ def bench(name: str, steps: int, repeats: int) -> dict[str, float]:
     iter_stop = recipe["iter_stop"]
     spread = [round(k * iter_stop / steps) for k in range(steps)]  # the gate over the whole surgery stage
 
-    def surgeon_for(model: nn.Module, gamma: float) -> Surgeon:
-        stops = {layer: iter_stop for layer in recipe["c"]}
+    def surgeon_for(model: nn.Module, gamma: float, stop: int = iter_stop) -> Surgeon:
+        stops = {layer: stop for layer in recipe["c"]}
         surgeon = Surgeon(model, c=recipe["c"], iter_stop=stops, gamma=gamma, power=1.0)
         surgeon.start()
         return surgeon
 
     dense = get_model(name)
-    gated_model, worst_model = get_model(name), get_model(name)
+    masked_model, gated_model, worst_model = get_model(name), get_model(name), get_model(name)
     runs = {
         "dense": make_step(dense, None, images, labels, spread),
+        "masked": make_step(masked_model, surgeon_for(masked_model, 1e-4, stop=0), images, labels, spread),
         "gated": make_step(gated_model, surgeon_for(gated_model, 1e-4), images, labels, spread),
         "worst": make_step(worst_model, surgeon_for(worst_model, 0.0), images, labels, spread),
     }
@@ -87,11 +89,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
-    print(f"{'model':<10}{'dense ms':>10}{'gated ms':>10}{'worst ms':>10}{'gated/dense':>13}{'worst/dense':>13}")
+    print(f"{'model':<10}{'dense ms':>10}{'masked ms':>11}{'gated ms':>10}{'worst ms':>10}"
+          f"{'masked/dense':>14}{'gated/dense':>13}{'worst/dense':>13}")
     for name in RECIPES:
         t = bench(name, args.steps, args.repeats)
-        print(f"{name:<10}{1e3 * t['dense']:>10.3f}{1e3 * t['gated']:>10.3f}{1e3 * t['worst']:>10.3f}"
-              f"{t['gated'] / t['dense']:>13.3f}{t['worst'] / t['dense']:>13.3f}")
+        print(f"{name:<10}{1e3 * t['dense']:>10.3f}{1e3 * t['masked']:>11.3f}{1e3 * t['gated']:>10.3f}"
+              f"{1e3 * t['worst']:>10.3f}{t['masked'] / t['dense']:>14.3f}{t['gated'] / t['dense']:>13.3f}"
+              f"{t['worst'] / t['dense']:>13.3f}")
 
 
 if __name__ == "__main__":
