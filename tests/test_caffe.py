@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_module
 
 from dns.caffe import CaffeFormatError, read_net, to_checkpoint

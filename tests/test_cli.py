@@ -1,7 +1,6 @@
 """dns-train as users run it: the installed console script, in a fresh working directory."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
