@@ -64,10 +64,10 @@ class History:
             row.update({f"{name}_remaining_pct": 100.0 for name in self.layer_names},
                        remaining_pct=100.0, pruned=0, spliced=0)
         else:
+            remaining = {layer.name: layer.remaining() for layer in layers}
             for layer in layers:
-                row[f"{layer.name}_remaining_pct"] = 100.0 * layer.remaining() / layer.param_count()
-            row["remaining_pct"] = (100.0 * sum(l.remaining() for l in layers)
-                                    / sum(l.param_count() for l in layers))
+                row[f"{layer.name}_remaining_pct"] = 100.0 * remaining[layer.name] / layer.param_count()
+            row["remaining_pct"] = 100.0 * sum(remaining.values()) / sum(l.param_count() for l in layers)
             pruned, spliced = sum(l.pruned for l in layers), sum(l.spliced for l in layers)
             row.update(pruned=pruned - self.pruned, spliced=spliced - self.spliced)
             self.pruned, self.spliced = pruned, spliced

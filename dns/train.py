@@ -59,7 +59,9 @@ class Trainer:
         if iters == 0:
             return evaluate(self.model, self.test, cfg.dataset.test_batch_size)
         operate = stage == "surgery" and surgeon is not None
-        loss_sum, wrong, steps, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0, 0
+        device = self.test.images.device
+        loss_sum, wrong = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+        steps = seen = 0
         bar = tqdm(range(first, first + iters), desc=stage, unit="it", disable=None, dynamic_ncols=True)
         for it in bar:
             set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it))
@@ -72,9 +74,9 @@ class Trainer:
             loss.backward()
             optimizer.step()
 
-            # running sums stay tensors: no device sync on the steps that log nothing
-            loss_sum += loss.detach().cpu()
-            wrong += (logits.argmax(1) != labels).sum().cpu()
+            # running sums stay on the device: no sync on the steps that log nothing
+            loss_sum += loss.detach()
+            wrong += (logits.argmax(1) != labels).sum()
             steps, seen = steps + 1, seen + len(labels)
             self.step_count += 1
             done = it + 1 - first
