@@ -102,20 +102,21 @@ def eval_main(argv: list[str] | None = None) -> None:
     from dns.checkpoint import load_checkpoint
     from dns.data import load_split, prepare_dataset
     from dns.evaluate import evaluation_report
+    from dns.export import as_checkpoint, is_dns_file
     from dns.report import markdown_table
 
     parser = argparse.ArgumentParser(prog="dns-eval", description="Test error and per-layer sparsity of a "
                                      "checkpoint (dns-train's or dns-import-caffe's).")
-    parser.add_argument("checkpoint", help="a .pt checkpoint")
+    parser.add_argument("checkpoint", help="a .pt checkpoint or a .dns file")
     parser.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. dataset.root=PATH")
     parser.add_argument("--json", action="store_true", help="print report.json's fields instead of the table")
     args = parser.parse_intermixed_args(argv)
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             dataset = OmegaConf.to_object(compose(config_name="config", overrides=args.overrides)).dataset
-        checkpoint = load_checkpoint(args.checkpoint)
+        checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
         prepare_dataset(dataset)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         fail("dns-eval", one_line(e))
     except Exception as e:  # Hydra's composition errors
         fail("dns-eval", one_line(e))
@@ -178,3 +179,33 @@ def report_main(argv: list[str] | None = None) -> None:
     files = write(runs, root, args.out or root)
     print(markdown(runs, root))
     print("written: " + ", ".join(str(p) for p in files.values()))
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    """dns-export CHECKPOINT --out FILE [--float16 | --state-dict]"""
+    import torch
+
+    from dns.checkpoint import load_checkpoint
+    from dns.export import effective_state_dict, save
+
+    parser = argparse.ArgumentParser(prog="dns-export", description="Write a checkpoint's pruned model compactly "
+                                     "(.dns: kept values with 8-bit relative indices) or as a dense state_dict.")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True, type=Path)
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--float16", action="store_true", help="store values as float16 (default float32)")
+    kind.add_argument("--state-dict", action="store_true",
+                      help="write a plain dense-with-zeros state_dict that loads into the unmasked model")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+    except ValueError as e:
+        fail("dns-export", str(e))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    dense = 4 * sum(t.numel() for t in checkpoint["state_dict"].values())
+    if args.state_dict:
+        torch.save(effective_state_dict(checkpoint), args.out)
+        print(f"{args.out}: dense state_dict of {checkpoint['model']}, {args.out.stat().st_size:,} bytes")
+        return
+    size = save(checkpoint, args.out, "float16" if args.float16 else "float32")
+    print(f"{args.out}: {size:,} bytes, {dense / size:.1f}x smaller than the dense float32 weights ({dense:,} bytes)")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dns.data import Split
+from dns.export import byte_report
 from dns.models import get_model
 from dns.report import layer_rows, totals
 from dns.surgeon import Surgeon
@@ -42,4 +43,5 @@ def evaluation_report(checkpoint: dict[str, Any], split: Split, dataset: str, ba
     model, surgeon = restore(checkpoint)
     rows = layer_rows(surgeon)
     return {"model": checkpoint["model"], "dataset": dataset, "status": "evaluated", "layers": rows,
-            "total": totals(rows), "test": {"final_error": evaluate(model, split, batch_size)}}
+            "total": totals(rows), "test": {"final_error": evaluate(model, split, batch_size)},
+            "bytes": byte_report(checkpoint)}

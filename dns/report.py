@@ -112,6 +112,11 @@ def markdown_table(report: dict[str, Any]) -> str:
                  f"**{pct(total['remaining_pct'])}** | | | | | |")
     lines += ["", f"Compression: **{times(total['compression'])}** over weights and biases "
                   f"({times(total['weight_compression'])} over weights alone).", ""]
+    if "bytes" in report:
+        b = report["bytes"]
+        lines += [f"Size on disk: {b['dense_float32']:,} bytes dense (float32) → {b['dns_float32']:,} bytes as .dns "
+                  f"(**{b['ratio_float32']:.1f}×**), {b['dns_float16']:,} with float16 values "
+                  f"({b['ratio_float16']:.1f}×).", ""]
     if "reference_error" in test:
         lines.append(f"Test error: {pct(100 * test['reference_error'])} (reference) → "
                      f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).")

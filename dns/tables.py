@@ -145,6 +145,8 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
             "compression": rep.get("total", {}).get("compression"),
             "weight_compression": rep.get("total", {}).get("weight_compression"),
             "remaining": rep.get("total", {}).get("remaining"),
+            "bytes_ratio": rep.get("bytes", {}).get("ratio_float32"),
+            "bytes_ratio_float16": rep.get("bytes", {}).get("ratio_float16"),
             "reference_error": rep.get("test", {}).get("reference_error"),
             "final_error": rep.get("test", {}).get("final_error"),
             "reference_iters": rep.get("iterations", {}).get("reference"),
@@ -190,12 +192,13 @@ def markdown(runs: list[Run], root: Path) -> str:
             cells = [row[0], f"{row[1]:,}"] + ["" if v is None else f"{v:.2f} %" for v in row[2:]]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", "Pareto front (no other run is both more compressed and more accurate): ★", "",
-              "| run | status | overrides | compression | DNS error | iterations (reference → DNS) | front |",
-              "|---|---|---|---:|---:|---|:-:|"]
+              "| run | status | overrides | compression | bytes (float32 / float16) | DNS error | iterations (reference → DNS) | front |",
+              "|---|---|---|---:|---:|---:|---|:-:|"]
     for r in sweep_rows(runs, root):
         iters = f"{r['reference_iters']:,} → {r['dns_iters']:,}" if r["dns_iters"] is not None else ""
+        size = f"{_times(r['bytes_ratio'])} / {_times(r['bytes_ratio_float16'])}" if r["bytes_ratio"] else ""
         lines.append(f"| {r['run']} | {r['status']} | {r['overrides'] or '(defaults)'} | {_times(r['compression'])} | "
-                     f"{_pct(r['final_error'])} | {iters} | {'★' if r['pareto'] else ''} |")
+                     f"{size} | {_pct(r['final_error'])} | {iters} | {'★' if r['pareto'] else ''} |")
     return "\n".join(lines) + "\n"
 
 

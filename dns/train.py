@@ -15,6 +15,7 @@ from dns.checkpoint import load_checkpoint, save_checkpoint
 from dns.config import RunConfig
 from dns.data import ShuffledBatches, Split, load_split
 from dns.evaluate import evaluate
+from dns.export import byte_report
 from dns.masks import mask_state_dict, plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import build_optimizer, learning_rate, set_learning_rate
@@ -140,7 +141,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     if cfg.finetune.iters > 0:
         final_error = trainer.run_stage("finetune", optimizer, base_lr, cfg.surgery.iters, cfg.finetune.iters)
     wall["finetune"] = time.perf_counter() - tick
-    save(out_dir / "checkpoints" / "final.pt", cfg, model, surgeon, "final", final_error)
+    final = save(out_dir / "checkpoints" / "final.pt", cfg, model, surgeon, "final", final_error)
     wall["total"] = time.perf_counter() - started
 
     history.close()
@@ -153,6 +154,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
         "layers": rows,
         "total": totals(rows),
         "test": {"reference_error": reference_error, "final_error": final_error},
+        "bytes": byte_report(final),
         "iterations": iterations,
         "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
     }
@@ -160,8 +162,11 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     return report
 
 
-def save(path: Path, cfg: RunConfig, model: nn.Module, surgeon: Surgeon, stage: str, test_error: float) -> None:
-    save_checkpoint(path, model=cfg.model.name, num_classes=cfg.dataset.num_classes,
-                    state_dict={k: v.cpu() for k, v in plain_state_dict(model).items()},
-                    masks={k: v.cpu() for k, v in mask_state_dict(model).items()},
-                    layers=surgeon.layer_settings(), stage=stage, test_error=test_error, config=asdict(cfg))
+def save(path: Path, cfg: RunConfig, model: nn.Module, surgeon: Surgeon, stage: str, test_error: float) -> dict:
+    """Write a checkpoint of the run; returns its content."""
+    content = dict(model=cfg.model.name, num_classes=cfg.dataset.num_classes,
+                   state_dict={k: v.cpu() for k, v in plain_state_dict(model).items()},
+                   masks={k: v.cpu() for k, v in mask_state_dict(model).items()},
+                   layers=surgeon.layer_settings(), stage=stage, test_error=test_error, config=asdict(cfg))
+    save_checkpoint(path, **content)
+    return content

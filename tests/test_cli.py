@@ -92,3 +92,13 @@ def test_multirun_sweeps_c_into_three_runs(dns_train, tmp_path):
     assert [r["config"]["surgery"]["c"] for r in runs] == [1.0, 2.0, 3.0]
     compression = [r["total"]["compression"] for r in runs]
     assert compression[0] < compression[1] < compression[2]  # a higher c prunes more
+
+
+def test_the_report_measures_bytes_of_the_compact_file(dns_train, tmp_path):
+    assert dns_train(*QUICK, "surgery.c=3", "hydra.run.dir=run").returncode == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    size = report["bytes"]
+    assert size["dense_float32"] == 4 * 266610
+    assert size["dns_float16"] < size["dns_float32"] < size["dense_float32"] / 5
+    assert size["ratio_float32"] == size["dense_float32"] / size["dns_float32"]
+    assert "Size on disk: 1,066,440 bytes dense" in (tmp_path / "run" / "report.md").read_text()

@@ -1,0 +1,139 @@
+"""A pruned model that is really small on disk: the `.dns` format, its writer and `load`.
+
+The file keeps, per tensor, only the non-zero entries of W ⊙ T: each as an 8-bit gap to the previous
+entry and its value (float32, or float16 on request), as Deep Compression stores its relative indices.
+A gap of 255 or more is bridged by one-byte fillers that carry no value. docs/format.md specifies the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dns.models import get_model
+
+MAGIC, VERSION = b"DNSX", 1
+VALUE_TYPES = {"float32": (0, "<f4"), "float16": (1, "<f2")}  # name: (code in the file, little-endian type)
+SKIP = 255  # the gap code of a filler: 255 zeros and no entry
+
+
+def encode(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gap codes uint8, values) of the non-zero entries of a 1-d tensor.
+
+    Code g < 255: the next entry comes after g zeros. Code 255: 255 zeros, and no entry (a filler).
+    There is one value per code below 255.
+    """
+    positions = flat.nonzero().flatten()
+    gaps = torch.diff(positions, prepend=torch.tensor([-1])) - 1  # zeros before each entry
+    fillers = torch.div(gaps, SKIP, rounding_mode="floor")
+    slots = fillers + 1
+    codes = torch.full((int(slots.sum()),), SKIP, dtype=torch.uint8)
+    codes[torch.cumsum(slots, 0) - 1] = (gaps % SKIP).to(torch.uint8)  # each entry after its fillers
+    return codes, flat[positions]
+
+
+def decode(codes: torch.Tensor, values: torch.Tensor, numel: int) -> torch.Tensor:
+    """The dense 1-d tensor of `numel` entries that `encode` described."""
+    flat = torch.zeros(numel, dtype=values.dtype)
+    codes = codes.long()
+    is_entry = codes < SKIP
+    if int(is_entry.sum()) != len(values):
+        raise ValueError(f"{int(is_entry.sum())} gap codes name an entry but {len(values)} values follow")
+    positions = (torch.cumsum(codes + is_entry.long(), 0) - 1)[is_entry]
+    if len(positions) and positions[-1] >= numel:
+        raise ValueError(f"an entry points past the end of its tensor ({int(positions[-1])} >= {numel})")
+    flat[positions] = values
+    return flat
+
+
+def effective_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """W ⊙ T for every parameter of a checkpoint: the dense-with-zeros weights of the pruned model."""
+    masks = checkpoint.get("masks") or {}
+    return {name: value * masks[name].to(value.dtype) if name in masks else value.clone()
+            for name, value in checkpoint["state_dict"].items()}
+
+
+def to_bytes(checkpoint: dict[str, Any], value_type: str = "float32") -> bytes:
+    code, dtype = VALUE_TYPES[value_type]
+    tensors, header = [], {"model": checkpoint["model"], "num_classes": checkpoint["num_classes"], "tensors": []}
+    for name, value in effective_state_dict(checkpoint).items():
+        codes, values = encode(value.flatten().float())
+        tensors.append(codes.numpy().tobytes() + values.numpy().astype(dtype).tobytes())
+        header["tensors"].append({"name": name, "shape": list(value.shape), "codes": len(codes),
+                                  "values": len(values)})
+    meta = json.dumps(header, separators=(",", ":")).encode()
+    body = MAGIC + struct.pack("<BBI", VERSION, code, len(meta)) + meta + b"".join(tensors)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def save(checkpoint: dict[str, Any], path: Path, value_type: str = "float32") -> int:
+    """Write the compact file of a checkpoint's pruned model; returns its size in bytes."""
+    data = to_bytes(checkpoint, value_type)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return len(data)
+
+
+def read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, {name: dense tensor}) of a `.dns` file's bytes; ValueError (one line) if damaged."""
+    if len(data) < 14 or data[:4] != MAGIC:
+        raise ValueError("not a .dns file (bad magic bytes)")
+    if struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+        raise ValueError("the file is damaged or truncated (checksum mismatch)")
+    version, code, meta_len = struct.unpack("<BBI", data[4:10])
+    if version != VERSION:
+        raise ValueError(f"format version {version} is not supported (this reader knows {VERSION})")
+    types = dict(VALUE_TYPES.values())
+    if code not in types:
+        raise ValueError(f"unknown value type {code}")
+    dtype = np.dtype(types[code])
+    size = dtype.itemsize
+    header = json.loads(data[10:10 + meta_len])
+    pos, tensors = 10 + meta_len, {}
+    for entry in header["tensors"]:
+        n_codes, n_values, numel = entry["codes"], entry["values"], 1
+        for d in entry["shape"]:
+            numel *= d
+        if pos + n_codes + n_values * size > len(data) - 4:
+            raise ValueError(f"the file ends inside tensor {entry['name']}")
+        codes = torch.from_numpy(np.frombuffer(data, np.uint8, n_codes, pos).copy())
+        values = torch.from_numpy(np.frombuffer(data, dtype, n_values, pos + n_codes).astype(np.float32))
+        tensors[entry["name"]] = decode(codes, values, numel).view(entry["shape"])
+        pos += n_codes + n_values * size
+    return header, tensors
+
+
+def load(path: str | Path) -> nn.Module:
+    """A plain PyTorch model (no masks, no wrappers) from a `.dns` file, in eval mode."""
+    header, tensors = read(Path(path).read_bytes())
+    model = get_model(header["model"], num_classes=header["num_classes"])
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def as_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A `.dns` file in checkpoint form (dense-with-zeros weights, masks = non-zero), e.g. for dns-eval."""
+    header, tensors = read(Path(path).read_bytes())
+    return {"model": header["model"], "num_classes": header["num_classes"], "state_dict": tensors,
+            "masks": {name: t != 0 for name, t in tensors.items()}, "layers": {}}
+
+
+def is_dns_file(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == MAGIC
+
+
+def byte_report(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Sizes on disk: dense float32 weights against the .dns file with float32 and float16 values."""
+    dense = 4 * sum(t.numel() for t in checkpoint["state_dict"].values())
+    f32, f16 = len(to_bytes(checkpoint, "float32")), len(to_bytes(checkpoint, "float16"))
+    return {"dense_float32": dense, "dns_float32": f32, "dns_float16": f16,
+            "ratio_float32": dense / f32, "ratio_float16": dense / f16}
