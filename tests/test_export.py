@@ -105,3 +105,19 @@ def test_dns_export_writes_both_forms(tmp_path):
     fresh = get_model("lenet300")
     fresh.load_state_dict(torch.load(tmp_path / "sd.pt"))  # the unmodified model takes it
     assert torch.equal(fresh(torch.ones(1, 1, 28, 28)), dns.load(tmp_path / "m.dns")(torch.ones(1, 1, 28, 28)))
+
+
+def test_dns_eval_reads_an_exported_file(data_root, tmp_path):
+    import json
+
+    from dns.caffe import read_net, to_checkpoint
+
+    layers = read_net((data_root / "dns-caffe" / "lenet300100" / "caffe_lenet300100_sparse.caffemodel").read_bytes())[1]
+    save(to_checkpoint(layers, "lenet300", "test"), tmp_path / "m.dns")
+    exe = Path(sys.executable).with_name("dns-eval")
+    run = subprocess.run([str(exe) if exe.exists() else "dns-eval", str(tmp_path / "m.dns"), "--json",
+                          f"dataset.root={data_root}"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["test"]["final_error"] == 0.0199 and report["total"]["remaining"] == 4988
+    assert report["bytes"]["dns_float32"] == (tmp_path / "m.dns").stat().st_size
