@@ -58,3 +58,21 @@ def test_report_of_nothing_is_an_error(tmp_path):
     exe = Path(sys.executable).with_name("dns-report")
     result = subprocess.run([str(exe) if exe.exists() else "dns-report", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "no run directories" in result.stderr
+
+
+def test_reproduce_paper_gives_the_same_tables_twice(tmp_path, data_root):
+    """The reproduction script end to end at tiny budgets: two runs, byte-identical tables."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
+    tiny = ["reference.iters=40", "surgery.iters=30", "finetune.iters=10", "eval_every=1000", "log_every=10"]
+    tables = []
+    for attempt in ("a", "b"):
+        env = {**os.environ, "DNS_DATA": str(data_root), "SEEDS": "0,1", "RUNS": f"runs_{attempt}",
+               "RESULTS": f"results_{attempt}", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        result = subprocess.run(["bash", str(script), *tiny], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        tables.append(((tmp_path / f"results_{attempt}" / "dns_report.md").read_text(),
+                       (tmp_path / f"results_{attempt}" / "dns_report.csv").read_text()))
+    assert tables[0] == tables[1]
+    md = tables[0][0]
+    assert "| LeNet-5 | paper (Guo et al. 2016) |" in md and "| LeNet-300-100 | paper (Guo et al. 2016) |" in md
+    assert "mean ± std of paper_lenet5/0, paper_lenet5/1" in md
