@@ -1,5 +1,5 @@
-"""The console scripts: `dns-train` (the Hydra app over conf/, shipped as dns.conf), `dns-eval` and
-`dns-import-caffe`.
+"""The console scripts: `dns-train` (the Hydra app over conf/, shipped as dns.conf), `dns-eval`,
+`dns-import-caffe`, `dns-report` and `dns-export`.
 
 Every configuration is composed and validated before any work or any file is written, so bad input
 ends with one line on stderr, exit status 2, and nothing written.
@@ -116,9 +116,7 @@ def eval_main(argv: list[str] | None = None) -> None:
             dataset = OmegaConf.to_object(compose(config_name="config", overrides=args.overrides)).dataset
         checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
         prepare_dataset(dataset)
-    except (ValueError, OSError) as e:
-        fail("dns-eval", one_line(e))
-    except Exception as e:  # Hydra's composition errors
+    except Exception as e:  # a bad file, missing data, or Hydra's composition errors
         fail("dns-eval", one_line(e))
     report = evaluation_report(checkpoint, load_split(dataset, train=False), dataset.name, dataset.test_batch_size)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report), end="\n" if args.json else "")
@@ -153,10 +151,6 @@ def import_caffe_main(argv: list[str] | None = None) -> None:
                   f"{str(c):>{w}}" for c, w in zip(cells, (8, 10, 8, 7))))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def report_main(argv: list[str] | None = None) -> None:
     """dns-report PATH...: the runs under PATH side by side with the paper, printed and written next to them."""
     import os
@@ -186,7 +180,7 @@ def export_main(argv: list[str] | None = None) -> None:
     import torch
 
     from dns.checkpoint import load_checkpoint
-    from dns.export import effective_state_dict, save
+    from dns.export import dense_bytes, effective_state_dict, save
 
     parser = argparse.ArgumentParser(prog="dns-export", description="Write a checkpoint's pruned model compactly "
                                      "(.dns: kept values with 8-bit relative indices) or as a dense state_dict.")
@@ -202,10 +196,14 @@ def export_main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         fail("dns-export", str(e))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    dense = 4 * sum(t.numel() for t in checkpoint["state_dict"].values())
     if args.state_dict:
         torch.save(effective_state_dict(checkpoint), args.out)
         print(f"{args.out}: dense state_dict of {checkpoint['model']}, {args.out.stat().st_size:,} bytes")
         return
     size = save(checkpoint, args.out, "float16" if args.float16 else "float32")
+    dense = dense_bytes(checkpoint)
     print(f"{args.out}: {size:,} bytes, {dense / size:.1f}x smaller than the dense float32 weights ({dense:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()

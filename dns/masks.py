@@ -55,13 +55,6 @@ def dense_parameter(module: nn.Module, name: str) -> nn.Parameter:
     return getattr(module, name)
 
 
-def mask_of(module: nn.Module, name: str) -> torch.Tensor | None:
-    """The live mask buffer of `module.<name>`, or None when it is not masked."""
-    if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name][0].mask
-    return None
-
-
 def attach_masks(layers: dict[str, nn.Module], prune_bias: bool = True,
                  initial: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Mask the weight (and the bias, if `prune_bias`) of every layer in `layers`.
