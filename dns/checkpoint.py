@@ -6,6 +6,9 @@
      "layers": {"fc1": {"c", "iter_stop", "mu", "sigma", "a", "b", "pruned", "spliced"}, ...},
      "stage": "reference" | "final", "test_error": float, "config": {...}}
 
+checkpoints/latest.pt adds "resume": where the run stands (stage, iteration) and all the next iteration
+depends on: optimizer state, batch order, the gate's and the global random states, the history so far.
+
 The effective weight of a layer is state_dict[name] * masks[name].
 """
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dns.config import ConfigError, register_configs, validate
 
@@ -29,13 +30,33 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dns.conf", config_name="config")
-def _train(cfg: DictConfig) -> float:
-    from dns.train import run
+def _train(cfg: DictConfig) -> float | None:
+    from dns.train import Stop, run
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    report = run(validate(cfg), out_dir)
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        report = run(validate(cfg), out_dir)
+    except Stop as stop:
+        print(f"dns-train: {stop.status}: {stop}", file=sys.stderr)
+        if not sweeping or stop.status == "interrupted":  # a signal stops the whole sweep
+            sys.exit(stop.exit_code)
+        FAILED_JOBS.append(str(out_dir))
+        return None
+    except Exception:
+        if not sweeping:
+            raise
+        # one broken job must not hide the others: its report says failed, the sweep goes on
+        logging.getLogger("dns").exception("job failed: %s", out_dir)
+        FAILED_JOBS.append(str(out_dir))
+        return None
     logging.getLogger("dns").info("report: %s", out_dir / "report.json")
     return report["test"]["final_error"]  # the number a sweeper would minimise
+
+
+# run directories of the jobs of this process's sweep that failed; main() exits non-zero if there are any
+FAILED_JOBS: list[str] = []
 
 
 def one_line(error: BaseException) -> str:
@@ -70,10 +91,15 @@ def check_jobs(args: list[str]) -> None:
         raise ConfigError(one_line(e)) from None
     if jobs is None:
         return
+    sweeping = "-m" in args or "--multirun" in args
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        for overrides in jobs:
+        for number, overrides in enumerate(jobs):
             try:
-                validate(compose(config_name="config", overrides=overrides))
+                cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+                run_dir = job_dir(cfg, number if sweeping else None)
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                run = validate(cfg)
             except ConfigError:
                 raise
             except MissingConfigException as e:  # model=foo: name the choices (the schemas are not choices)
@@ -82,6 +108,50 @@ def check_jobs(args: list[str]) -> None:
                 raise ConfigError(f"unknown {group} {name!r}: use {group}=<{'|'.join(choices)}>") from None
             except Exception as e:  # unknown keys or groups, wrong types, missing values
                 raise ConfigError(one_line(e)) from None
+            if run.resume:
+                check_resume(run, run_dir)
+
+
+def job_dir(cfg: DictConfig, number: int | None) -> Path:
+    """The run directory Hydra will give a job: hydra.run.dir, or job `number`'s folder of the sweep."""
+    if number is None:
+        return Path(cfg.hydra.run.dir)
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    return Path(cfg.hydra.sweep.dir) / (str(number) if subdir == "${hydra.job.num}" else subdir)
+
+
+def check_resume(run, run_dir: Path) -> None:
+    """resume=true needs an existing run directory whose checkpoint was made with the same settings."""
+    from dataclasses import asdict
+
+    from dns.checkpoint import load_checkpoint
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume=true: there is no run directory {run_dir}; name the run to go on with "
+                          f"hydra.run.dir=DIR (or hydra.sweep.dir=DIR with -m)")
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if not latest.is_file():
+        return  # killed before its first checkpoint: the run starts over in the same directory
+    try:
+        saved = load_checkpoint(latest)["config"]
+    except ValueError as e:
+        raise ConfigError(f"resume=true: {e}") from None
+    differences = config_differences(saved, {**asdict(run), "resume": saved.get("resume")})
+    if differences:
+        raise ConfigError(f"resume=true: {run_dir} was run with {differences[0]}; resume it with the same "
+                          f"settings, or start a new run")
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """'key=saved, not current' for every leaf where two nested config dicts differ."""
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}={a}, not {b}")
+    return found
 
 
 def fail(program: str, message: str) -> None:
@@ -95,6 +165,9 @@ def main() -> None:
     except ConfigError as e:
         fail("dns-train", str(e))
     _train()
+    if FAILED_JOBS:
+        print(f"dns-train: {len(FAILED_JOBS)} job(s) failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def eval_main(argv: list[str] | None = None) -> None:

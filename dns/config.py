@@ -80,12 +80,19 @@ class SurgeryConfig:
     power: float = 1.0
     prune_bias: bool = True
     layers: Any = "all"  # all | conv | fc | a list of those and layer names
+    min_remaining: float = 0.0  # fraction of each layer's weights always kept (the largest |w|), so none is cut
     lr: Optional[float] = None  # base learning rate of surgery and fine-tuning (None: optimizer.lr)
 
 
 @dataclass
 class FinetuneConfig:
     iters: int = 2000  # masks frozen; continues the surgery run's optimizer and learning rate
+    lr: Optional[float] = None  # base learning rate from here on, same policy and counter (None: surgery's)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # iterations between resumable checkpoints (checkpoints/latest.pt); 0: stage ends only
 
 
 @dataclass
@@ -97,6 +104,8 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: bool = False  # go on from checkpoints/latest.pt of the run directory named by hydra.run.dir
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 100  # iterations between history rows
@@ -139,9 +148,9 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                        ("finetune.iters", run.finetune.iters), ("surgery.gamma", s.gamma),
                        ("surgery.power", s.power), ("optimizer.weight_decay", run.optimizer.weight_decay),
                        ("lr_policy.gamma", run.lr_policy.gamma), ("lr_policy.power", run.lr_policy.power),
-                       ("seed", run.seed)]:
+                       ("seed", run.seed), ("checkpoint.every", run.checkpoint.every)]:
         require(value >= 0, f"{key}={value} is negative: give a value >= 0")
-    for key, value in [("optimizer.lr", run.optimizer.lr), ("surgery.lr", s.lr),
+    for key, value in [("optimizer.lr", run.optimizer.lr), ("surgery.lr", s.lr), ("finetune.lr", run.finetune.lr),
                        ("dataset.batch_size", run.dataset.batch_size),
                        ("dataset.test_batch_size", run.dataset.test_batch_size),
                        ("dataset.num_classes", run.dataset.num_classes), ("lr_policy.step_size", run.lr_policy.step_size),
@@ -149,6 +158,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         require(value is None or value > 0, f"{key}={value} must be > 0")
     require(0 <= run.optimizer.momentum < 1, f"optimizer.momentum={run.optimizer.momentum} must lie in [0, 1)")
     require(0 <= s.margin < 1, f"surgery.margin={s.margin} must lie in [0, 1)")
+    require(0 <= s.min_remaining <= 1, f"surgery.min_remaining={s.min_remaining} must lie in [0, 1]")
     require(s.iter_stop is None or s.iter_stop >= 0, f"surgery.iter_stop={s.iter_stop} is negative: give a value >= 0")
     for name, value in s.iter_stop_per_layer.items():
         require(value >= 0, f"surgery.iter_stop_per_layer.{name}={value} is negative: give a value >= 0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def prepare_dataset(cfg: DatasetConfig) -> None:
     folder = raw_folder(cfg)
     missing = [f for f in RAW_FILES if not (folder / f).is_file() and not (folder / f"{f}.gz").is_file()]
     if not missing:
+        for name in RAW_FILES:
+            if (folder / name).is_file():
+                check_idx_file(folder / name)
         return
     fix = f"set DNS_DATA or dataset.root to the folder holding {folder.parent.name}/raw"
     if not cfg.download:
@@ -34,6 +38,21 @@ def prepare_dataset(cfg: DatasetConfig) -> None:
     except Exception as e:  # no network, a full disk, ...
         raise FileNotFoundError(f"{cfg.name} is not in {folder} and downloading it failed "
                                 f"({str(e).splitlines()[0]}); {fix}") from None
+
+
+def check_idx_file(path: Path) -> None:
+    """FileNotFoundError (one line) if an IDX file's size disagrees with its header: truncated or corrupt."""
+    with open(path, "rb") as f:
+        header = f.read(4)
+        ndim = header[3] if len(header) == 4 else 0
+        dims = f.read(4 * ndim)
+    size = path.stat().st_size
+    if len(header) < 4 or header[:3] != b"\x00\x00\x08" or len(dims) < 4 * ndim:
+        raise FileNotFoundError(f"{path} is not an IDX file (bad header): replace it with the official file")
+    expected = 4 + 4 * ndim + math.prod(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+    if size != expected:
+        raise FileNotFoundError(f"{path} is truncated or corrupt ({size:,} bytes, its header says {expected:,}): "
+                                f"replace it with the official file")
 
 
 @dataclass
@@ -65,6 +84,14 @@ class ShuffledBatches:
 
     def __iter__(self):
         return self
+
+    def state_dict(self) -> dict:
+        """Where the batches stand: a resumed run goes on with the very same order."""
+        return {"generator": self.generator.get_state(), "order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"].clone(), state["position"]
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.position + self.batch_size > len(self.order):

@@ -43,17 +43,28 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class History:
-    """history.csv, one row per logged iteration, flushed as it goes so an interrupted run keeps it."""
+    """history.csv, one row per logged iteration, flushed as it goes so an interrupted run keeps it.
 
-    def __init__(self, path: Path, layer_names: list[str]):
+    The rows are kept in memory too: a checkpoint stores them (`state_dict`), and a resumed run
+    rewrites the file from them, dropping rows logged after that checkpoint.
+    """
+
+    def __init__(self, path: Path, layer_names: list[str], state: dict[str, Any] | None = None):
         self.layer_names = layer_names
         self.columns = (["stage", "step", "iteration", "lr", "loss", "train_error", "sigma", "remaining_pct"]
                         + [f"{name}_remaining_pct" for name in layer_names] + ["pruned", "spliced", "test_error"])
+        state = state or {"rows": [], "pruned": 0, "spliced": 0}
+        self.rows: list[dict[str, Any]] = list(state["rows"])
+        self.pruned, self.spliced = state["pruned"], state["spliced"]  # totals at the previous row
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.file, self.columns)
         self.writer.writeheader()
-        self.pruned = self.spliced = 0  # totals at the previous row
+        self.writer.writerows(self.rows)
+        self.file.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "pruned": self.pruned, "spliced": self.spliced}
 
     def log(self, stage: str, step: int, iteration: int, *, lr: float, loss: float, train_error: float,
             sigma: float | None, layers: list[LayerState] | None, test_error: float | None) -> dict[str, Any]:
@@ -71,6 +82,7 @@ class History:
             pruned, spliced = sum(l.pruned for l in layers), sum(l.spliced for l in layers)
             row.update(pruned=pruned - self.pruned, spliced=spliced - self.spliced)
             self.pruned, self.spliced = pruned, spliced
+        self.rows.append(row)
         self.writer.writerow(row)
         self.file.flush()
         return row
@@ -102,7 +114,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         return "∞" if x is None else f"{x:.1f}×"
 
     total, test = report["total"], report["test"]
+    if total is None or test.get("final_error") is None:  # stopped before surgery: no masks to show
+        return (f"# {report['model']} on {report['dataset']}: {report['status']}\n\n"
+                f"{report.get('error', '')}\n")
     lines = [f"# {report['model']} on {report['dataset']}: {report['status']}", "",
+             *([f"Stopped early: {report['error']}", ""] if report.get("error") else []),
              "| layer | parameters | remaining | remaining % | c | a | b | pruned | spliced |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["layers"]:
@@ -117,7 +133,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines += [f"Size on disk: {b['dense_float32']:,} bytes dense (float32) → {b['dns_float32']:,} bytes as .dns "
                   f"(**{b['ratio_float32']:.1f}×**), {b['dns_float16']:,} with float16 values "
                   f"({b['ratio_float16']:.1f}×).", ""]
-    if "reference_error" in test:
+    if test.get("reference_error") is not None:
         lines.append(f"Test error: {pct(100 * test['reference_error'])} (reference) → "
                      f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,8 @@ class Surgeon:
         iter_stop: per-layer iteration from which that layer's mask is frozen.
         margin, gamma, power: the hysteresis margin t and the sigma(i) schedule.
         seed: seeds the gate's draws, one uniform draw per layer per iteration.
+        min_remaining: fraction of each layer's weights that always stays (the largest |w|), so that no
+            layer is cut off entirely; 0 leaves the rule alone.
         initial_masks: masks to start from ('fc1.weight' -> tensor), e.g. from a checkpoint.
     """
 
@@ -89,6 +92,7 @@ class Surgeon:
     power: float = 1.0
     prune_bias: bool = True
     seed: int = 0
+    min_remaining: float = 0.0
     initial_masks: dict[str, torch.Tensor] | None = None
     layers: list[LayerState] = field(init=False)
 
@@ -138,6 +142,8 @@ class Surgeon:
                 continue
             for key, mask in layer.masks.items():
                 pruned, spliced = apply_rule_(layer.params[key], mask, layer.a, layer.b)
+                if key == "weight" and self.min_remaining > 0:
+                    spliced += keep_largest_(layer.params[key], mask, math.ceil(self.min_remaining * mask.numel()))
                 layer.pruned += pruned
                 layer.spliced += spliced
             updated += 1
@@ -159,3 +165,13 @@ def apply_rule_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) ->
     both = torch.dot(new.flatten(), mask.flatten())
     mask.copy_(new)
     return int(old_count - both), int(new_count - both)
+
+
+def keep_largest_(weight: torch.Tensor, mask: torch.Tensor, count: int) -> int:
+    """If fewer than `count` entries of `mask` are 1, set it to 1 at the `count` largest |w|; returns how many it added."""
+    kept = int(mask.sum())
+    if kept >= count:
+        return 0
+    largest = weight.detach().abs().flatten().topk(count).indices
+    mask.view(-1)[largest] = 1.0
+    return int(mask.sum()) - kept

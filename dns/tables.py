@@ -139,12 +139,13 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         rep = run.report or {}
+        total = rep.get("total") or {}  # None in a run stopped before surgery
         rows.append({
             "run": label(run, root), "status": run.status, "model": run.model or "",
             "overrides": " ".join(run.overrides),
-            "compression": rep.get("total", {}).get("compression"),
-            "weight_compression": rep.get("total", {}).get("weight_compression"),
-            "remaining": rep.get("total", {}).get("remaining"),
+            "compression": total.get("compression"),
+            "weight_compression": total.get("weight_compression"),
+            "remaining": total.get("remaining"),
             "bytes_ratio": rep.get("bytes", {}).get("ratio_float32"),
             "bytes_ratio_float16": rep.get("bytes", {}).get("ratio_float16"),
             "reference_error": rep.get("test", {}).get("reference_error"),

@@ -15,33 +15,79 @@ def test_installed_script_composes_the_config(dns_train):
     assert "name: lenet300" in result.stdout and "fc1: 4.0" in result.stdout
 
 
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory, data_root):
+    """Files for the bad-input table, outside the working directory the test checks is left empty."""
+    from dataclasses import asdict
+
+    from dns.checkpoint import save_checkpoint
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import dns.cli  # noqa: F401  (registers the config schemas)
+    from dns.models import get_model
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    (root / "truncated.pt").write_bytes((data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()[:99])
+    save_checkpoint(root / "lenet300.pt", model="lenet300", num_classes=10,
+                    state_dict=get_model("lenet300").state_dict())
+    raw = root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / name).symlink_to(data_root / "MNIST" / "raw" / name)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()[:5000])
+    # a run directory whose checkpoint was made with surgery.c=2
+    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
+        saved = asdict(OmegaConf.to_object(compose(config_name="config", overrides=["surgery.c=2"])))
+    save_checkpoint(root / "run" / "checkpoints" / "latest.pt", model="lenet5", config=saved)
+    return root
+
+
 BAD_INPUT = [
     (["model=vgg"], "unknown model 'vgg': use model=<lenet300|lenet5>"),
     (["dataset=cifar"], "unknown dataset 'cifar'"),
+    (["optimizer=adam"], "unknown optimizer 'adam': use optimizer=<caffe_sgd|sgd>"),
+    (["experiment=paper_lenet7"], "unknown experiment 'paper_lenet7'"),
     (["surgery.margin=1"], "surgery.margin=1.0 must lie in [0, 1)"),
     (["surgery.margin=-0.1"], "surgery.margin=-0.1 must lie in [0, 1)"),
     (["surgery.gamma=-1e-4"], "surgery.gamma=-0.0001 is negative"),
     (["surgery.power=-1"], "surgery.power=-1.0 is negative"),
+    (["surgery.min_remaining=1.5"], "surgery.min_remaining=1.5 must lie in [0, 1]"),
     (["reference.iters=-1"], "reference.iters=-1 is negative"),
     (["surgery.iters=-10"], "surgery.iters=-10 is negative"),
     (["finetune.iters=-3"], "finetune.iters=-3 is negative"),
+    (["checkpoint.every=-5"], "checkpoint.every=-5 is negative"),
+    (["optimizer.momentum=1"], "optimizer.momentum=1.0 must lie in [0, 1)"),
+    (["dataset.batch_size=0"], "dataset.batch_size=0 must be > 0"),
     (["surgery.c=high"], "Value 'high' of type 'str' could not be converted to Float"),
+    (["seed=1.5"], "Value '1.5' of type 'float' could not be converted to Integer"),
+    (["surgery.cc=1"], "Key 'cc' not in 'SurgeryConfig'"),
     (["surgery.c_per_layer={fc9:1}"], "surgery.c_per_layer names 'fc9', which is no layer of lenet5"),
     (["model=lenet300", "surgery.c_per_layer={conv1:1}"], "names 'conv1', which is no layer of lenet300"),
     (["surgery.layers=[conv1,fc7]"], "no layer named 'fc7'"),
     (["dataset.root=/nonexistent", "dataset.download=false"], "/nonexistent/MNIST/raw lacks"),
+    (["dataset.root={files}/mnist", "dataset.download=false"],
+     "t10k-labels-idx1-ubyte is truncated or corrupt (5,000 bytes, its header says 10,008)"),
     (["reference.checkpoint=/nonexistent.pt"], "reference.checkpoint=/nonexistent.pt: no such file"),
+    (["reference.checkpoint={files}/garbage.pt"], "garbage.pt is not a readable checkpoint"),
+    (["reference.checkpoint={files}/truncated.pt"], "truncated.pt is not a readable checkpoint"),
+    (["reference.checkpoint={files}/lenet300.pt"], "holds a lenet300 model, not lenet5: pick model=lenet300"),
+    (["resume=true", "hydra.run.dir=/nonexistent/run"], "resume=true: there is no run directory /nonexistent/run"),
+    (["resume=true", "surgery.c=3", "hydra.run.dir={files}/run"], "was run with surgery.c=2.0, not 3.0"),
     (["-m", "surgery.c=1,2", "surgery.margin=2"], "surgery.margin=2.0 must lie in [0, 1)"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(dns_train, tmp_path, args, message):
-    result = dns_train(*args)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(dns_train, tmp_path, bad_files, args, message):
+    before = sorted(bad_files.rglob("*"))
+    result = dns_train(*(a.format(files=bad_files) for a in args))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dns-train: error: ") and message in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []  # no run directory, no outputs/
+    assert sorted(bad_files.rglob("*")) == before  # nor anything beside the files it was given
 
 
 def test_a_short_run_on_real_mnist_writes_every_report(dns_train, tmp_path):

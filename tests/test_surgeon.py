@@ -157,3 +157,27 @@ def test_the_in_place_rule_equals_update_mask_and_counts_the_changes(seed):
     assert apply_rule_(weight, mask, 0.5, 0.7) == (pruned, spliced)
     assert torch.equal(mask, expected)
     assert pruned > 0 and spliced > 0
+
+
+def test_keep_largest_restores_the_largest_weights_only_when_too_few_remain():
+    from dns.surgeon import keep_largest_
+
+    weight = torch.tensor([[0.1, -0.9, 0.3], [0.05, 0.7, -0.2]])
+    mask = torch.zeros_like(weight)
+    assert keep_largest_(weight, mask, 2) == 2
+    assert mask.tolist() == [[0, 1, 0], [0, 1, 0]]  # |-0.9| and 0.7
+    mask = torch.tensor([[1.0, 0, 1], [1, 0, 0]])
+    assert keep_largest_(weight, mask, 2) == 0  # three remain already: untouched
+    assert mask.tolist() == [[1, 0, 1], [1, 0, 0]]
+
+
+def test_min_remaining_keeps_a_layer_from_being_cut():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 10))
+    surgeon = Surgeon(model, c={"0": 50.0}, iter_stop={"0": 10}, gamma=0.0, min_remaining=0.05)
+    surgeon.start()
+    surgeon.step(0)
+    layer = surgeon.layers[0]
+    assert layer.remaining(("weight",)) == 10  # ceil(5 % of 200); c = 50 alone would cut all
+    kept = layer.masks["weight"].bool()
+    assert layer.params["weight"].abs()[kept].min() >= layer.params["weight"].abs()[~kept].max()
