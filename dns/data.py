@@ -73,3 +73,11 @@ class ShuffledBatches:
         index = self.order[self.position:self.position + self.batch_size].to(self.split.labels.device)
         self.position += self.batch_size
         return self.split.images[index], self.split.labels[index]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue with the batch that followed when `state` was taken."""
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"].clone(), int(state["position"])
