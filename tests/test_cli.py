@@ -16,7 +16,7 @@ def test_installed_script_composes_the_config(dns_train):
 
 
 BAD_INPUT = [
-    (["model=vgg"], "unknown model 'vgg': use model=<lenet300|lenet5>"),
+    (["model=vgg"], "unknown model 'vgg': use model=<alexnet|lenet300|lenet5>"),
     (["dataset=cifar"], "unknown dataset 'cifar'"),
     (["surgery.margin=1"], "surgery.margin=1.0 must lie in [0, 1)"),
     (["surgery.margin=-0.1"], "surgery.margin=-0.1 must lie in [0, 1)"),

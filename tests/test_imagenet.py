@@ -4,8 +4,10 @@ import shutil
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from PIL import Image
 
+from dns.config import ConfigError, register_configs, validate
 from dns.evaluate import evaluate_batches, topk_errors
 from dns.imagenet import ImageFolderBatches, check_image_folder, eval_batches
 from dns.models import get_model
@@ -137,3 +139,23 @@ def test_evaluate_batches_gives_top1_and_top5(image_folder):
     assert set(errors) == {"top1", "top5"} and 0 <= errors["top5"] <= errors["top1"] <= 1
     assert errors["top5"] == 0  # 3 classes: every label is in the top 5
     assert model.training  # left as it was
+
+
+def compose_config(*overrides):
+    register_configs()
+    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=["model=alexnet", "dataset=imagenet", *overrides])
+
+
+def test_validate_accepts_an_image_folder_and_names_a_broken_one(image_folder):
+    run = validate(compose_config(f"dataset.root={image_folder}"))
+    assert (run.dataset.name, run.dataset.num_classes, run.dataset.root) == ("imagenet", 1000, str(image_folder))
+    shutil.rmtree(image_folder / "val" / CLASSES[2])
+    with pytest.raises(ConfigError, match=f"class folders of {image_folder}/train and {image_folder}/val differ"):
+        validate(compose_config(f"dataset.root={image_folder}"))
+
+
+def test_the_default_root_is_imagenet_under_dns_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("DNS_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"{tmp_path}/imagenet/train is missing"):
+        validate(compose_config())
