@@ -36,12 +36,15 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # mnist | fashion_mnist
-    root: str = "${oc.env:DNS_DATA,./data}"  # holds <Name>/raw/ in torchvision's layout
+    name: str = MISSING  # mnist | fashion_mnist | imagenet
+    root: str = "${oc.env:DNS_DATA,./data}"  # holds <Name>/raw/ in torchvision's layout (imagenet: train/, val/)
     download: bool = True
     batch_size: int = 64
     test_batch_size: int = 1000
     num_classes: int = 10
+    workers: int = 4  # imagenet: DataLoader worker processes that decode and augment the images
+    image_size: int = 227  # imagenet: side of the square crops the model takes
+    resize_size: int = 256  # imagenet: evaluation images are resized to this shorter side, then centre-cropped
 
 
 @dataclass
@@ -123,12 +126,13 @@ def register_configs() -> None:
 
 OPTIMIZERS = ("sgd", "caffe_sgd")
 LR_POLICIES = ("fixed", "inv", "step")
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "imagenet")
 
 
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """The typed config, after every range check; raises ConfigError naming the key and the fix."""
     from dns.data import prepare_dataset
+    from dns.imagenet import check_image_folder
     from dns.models import get_model, layer_kind, list_models, prunable_layers
     from dns.surgeon import select_layers
 
@@ -148,12 +152,14 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                        ("finetune.iters", run.finetune.iters), ("surgery.gamma", s.gamma),
                        ("surgery.power", s.power), ("optimizer.weight_decay", run.optimizer.weight_decay),
                        ("lr_policy.gamma", run.lr_policy.gamma), ("lr_policy.power", run.lr_policy.power),
-                       ("seed", run.seed), ("checkpoint.every", run.checkpoint.every)]:
+                       ("seed", run.seed), ("checkpoint.every", run.checkpoint.every),
+                       ("dataset.workers", run.dataset.workers)]:
         require(value >= 0, f"{key}={value} is negative: give a value >= 0")
     for key, value in [("optimizer.lr", run.optimizer.lr), ("surgery.lr", s.lr), ("finetune.lr", run.finetune.lr),
                        ("dataset.batch_size", run.dataset.batch_size),
                        ("dataset.test_batch_size", run.dataset.test_batch_size),
                        ("dataset.num_classes", run.dataset.num_classes), ("lr_policy.step_size", run.lr_policy.step_size),
+                       ("dataset.image_size", run.dataset.image_size), ("dataset.resize_size", run.dataset.resize_size),
                        ("log_every", run.log_every), ("eval_every", run.eval_every)]:
         require(value is None or value > 0, f"{key}={value} must be > 0")
     require(0 <= run.optimizer.momentum < 1, f"optimizer.momentum={run.optimizer.momentum} must lie in [0, 1)")
@@ -183,7 +189,10 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     else:
         require(not run.reference.surgery_settings, "reference.surgery_settings=true needs reference.checkpoint")
     try:
-        prepare_dataset(run.dataset)
+        if run.dataset.name == "imagenet":
+            check_image_folder(run.dataset.root)
+        else:
+            prepare_dataset(run.dataset)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     return run

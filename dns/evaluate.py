@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -25,6 +25,31 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> float:
         wrong += int((logits.argmax(1) != split.labels[start:start + batch_size]).sum())
     model.train(was_training)
     return wrong / len(split.labels)
+
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
+    """For each k, how many samples' label is not among their k highest logits (k above the class count: all)."""
+    k_max = min(max(ks), logits.shape[1])
+    hits = logits.topk(k_max, dim=1).indices == labels[:, None]  # [N, k_max], at most one True a row
+    return {k: int((~hits[:, :min(k, k_max)].any(1)).sum()) for k in ks}
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Top-1 and top-5 error over every (images, labels) batch, as fractions in [0, 1].
+
+    The batches are moved to the model's device, so a DataLoader of CPU tensors will do.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    wrong, seen = {1: 0, 5: 0}, 0
+    for images, labels in batches:
+        for k, n in topk_errors(model(images.to(device)), labels.to(device)).items():
+            wrong[k] += n
+        seen += len(labels)
+    model.train(was_training)
+    return {"top1": wrong[1] / seen, "top5": wrong[5] / seen}
 
 
 def restore(checkpoint: dict[str, Any]) -> tuple[nn.Module, Surgeon]:

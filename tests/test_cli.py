@@ -45,7 +45,7 @@ def bad_files(tmp_path_factory, data_root):
 
 
 BAD_INPUT = [
-    (["model=vgg"], "unknown model 'vgg': use model=<lenet300|lenet5>"),
+    (["model=vgg"], "unknown model 'vgg': use model=<alexnet|lenet300|lenet5>"),
     (["dataset=cifar"], "unknown dataset 'cifar'"),
     (["optimizer=adam"], "unknown optimizer 'adam': use optimizer=<caffe_sgd|sgd>"),
     (["experiment=paper_lenet7"], "unknown experiment 'paper_lenet7'"),

@@ -54,3 +54,15 @@ def test_batches_cover_each_epoch_once_and_repeat_by_seed():
     assert len(set(epoch.tolist())) == 9
     again = ShuffledBatches(split, batch_size=3, seed=1)
     assert torch.equal(torch.cat([next(again)[1] for _ in range(3)]), epoch)
+
+
+def test_batches_resume_at_the_next_batch_from_their_state():
+    split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
+    batches = ShuffledBatches(split, batch_size=3, seed=1)
+    for _ in range(4):  # into the second epoch
+        next(batches)
+    state = batches.state_dict()
+    expected = [next(batches)[1] for _ in range(4)]
+    resumed = ShuffledBatches(split, batch_size=3, seed=7)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(next(resumed)[1], labels) for labels in expected)

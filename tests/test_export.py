@@ -11,7 +11,7 @@ import dns
 from dns.evaluate import restore
 from dns.export import decode, encode, read, save, to_bytes
 from dns.masks import mask_state_dict, plain_state_dict
-from dns.models import get_model, list_models
+from dns.models import get_model, input_shape, list_models
 from dns.surgeon import Surgeon
 
 
@@ -34,22 +34,32 @@ def test_edge_cases_round_trip(flat):
 def masked_checkpoint(name: str, density: float, seed: int) -> dict:
     """A model with random masks of the given density, as dns-train would save it."""
     torch.manual_seed(seed)
-    model = get_model(name)
+    model = get_model(name, num_classes=10)
     Surgeon(model, c={}, iter_stop={})
     for mask in (b for n, b in model.named_buffers() if n.endswith(".mask")):
         mask.copy_((torch.rand(mask.shape) < density).float())
     return {"model": name, "num_classes": 10, "state_dict": plain_state_dict(model), "masks": mask_state_dict(model)}
 
 
-@pytest.mark.parametrize("name", list_models())
-@pytest.mark.parametrize("density", [0.5, 0.02, 0.001])
+def round_trip_cases() -> list[tuple[str, float]]:
+    """Every model at three densities; one over a million parameters (AlexNet) only at the sparsest, as
+    encoding its 30M entries at density 0.5 takes seconds on a CPU and tests nothing the LeNets do not."""
+    cases = []
+    for name in list_models():
+        with torch.device("meta"):
+            params = sum(p.numel() for p in get_model(name).parameters())
+        cases += [(name, density) for density in [0.5, 0.02, 0.001] if params < 1e6 or density == 0.001]
+    return cases
+
+
+@pytest.mark.parametrize("name, density", round_trip_cases())
 def test_round_trip_gives_identical_predictions(tmp_path, name, density):
     checkpoint = masked_checkpoint(name, density, seed=int(density * 1000))
     save(checkpoint, tmp_path / "m.dns")
     plain = dns.load(tmp_path / "m.dns")
     assert not any("parametrizations" in key for key in plain.state_dict())  # ordinary modules
     masked, _ = restore(checkpoint)
-    x = torch.rand(8, 1, 28, 28)
+    x = torch.rand(2, *input_shape(name))
     assert torch.equal(plain(x), masked.eval()(x))  # bitwise, float32 values
 
 

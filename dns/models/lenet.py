@@ -60,11 +60,11 @@ class LeNet5(nn.Module):
         return self.fc2(x)
 
 
-@register_model
+@register_model(input_shape=(1, 28, 28))
 def lenet300(num_classes: int = 10) -> LeNet300:
     return LeNet300(num_classes)
 
 
-@register_model
+@register_model(input_shape=(1, 28, 28))
 def lenet5(num_classes: int = 10) -> LeNet5:
     return LeNet5(num_classes)

@@ -1,4 +1,4 @@
-"""A small explicit model registry, as in torchvision.models: `@register_model` on a builder."""
+"""A small explicit model registry, as in torchvision.models: `@register_model(input_shape)` on a builder."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ from typing import Callable
 from torch import nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {}
 
 
-def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `builder` under its function name; a second model of the same name is an error."""
-    name = builder.__name__
-    if name in _BUILDERS:
-        raise ValueError(f"a model named {name!r} is already registered")
-    _BUILDERS[name] = builder
-    return builder
+def register_model(input_shape: tuple[int, int, int]) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder under its function name, with the (C, H, W) of one input sample.
+
+    A second model of the same name is an error.
+    """
+    def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _BUILDERS:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _BUILDERS[name], _INPUT_SHAPES[name] = builder, tuple(input_shape)
+        return builder
+    return register
 
 
 def list_models() -> list[str]:
@@ -26,6 +32,13 @@ def get_model(name: str, **kwargs) -> nn.Module:
     if name not in _BUILDERS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     return _BUILDERS[name](**kwargs)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of one sample the model takes, e.g. (1, 28, 28) for the MNIST networks."""
+    if name not in _INPUT_SHAPES:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _INPUT_SHAPES[name]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:

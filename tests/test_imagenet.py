@@ -1,0 +1,161 @@
+"""ImageNet-layout data on a tiny ImageFolder of real JPEG files, and the top-k errors."""
+
+import shutil
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from PIL import Image
+
+from dns.config import ConfigError, register_configs, validate
+from dns.evaluate import evaluate_batches, topk_errors
+from dns.imagenet import ImageFolderBatches, check_image_folder, eval_batches
+from dns.models import get_model
+
+CLASSES = ("n01440764", "n01443537", "n01484850")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """root/{train,val}/<class>/*.JPEG: 3 classes of 4 training and 2 validation 64×48 noise images."""
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for label, name in enumerate(CLASSES):
+            folder = tmp_path / "imagenet" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (48, 64, 3), generator=gen, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{name}_{i}.JPEG")
+    return tmp_path / "imagenet"
+
+
+def labels_of(batches, n):
+    return [next(batches)[1].tolist() for _ in range(n)]
+
+
+def remove_val(root):
+    shutil.rmtree(root / "val")
+
+
+def empty_train(root):
+    for folder in (root / "train").iterdir():
+        shutil.rmtree(folder)
+
+
+def flatten_val(root):  # ILSVRC-2012's val as downloaded: 50,000 images in one folder
+    for image in (root / "val").glob("*/*.JPEG"):
+        image.rename(root / "val" / image.name)
+    for name in CLASSES:
+        (root / "val" / name).rmdir()
+
+
+def rename_a_val_class(root):
+    (root / "val" / CLASSES[0]).rename(root / "val" / "n99999999")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (remove_val, r"imagenet/val is missing; set dataset.root"),
+    (empty_train, r"imagenet/train is empty; put each class's images in"),
+    (flatten_val, r"imagenet/val has no class folders; sort its images into"),
+    (rename_a_val_class, r"class folders of .*train and .*val differ \(only in train: n01440764; only in val: n99999999\)"),
+])
+def test_a_bad_layout_is_one_line_naming_the_fix(image_folder, damage, message):
+    check_image_folder(image_folder)  # the good layout passes
+    damage(image_folder)
+    with pytest.raises(FileNotFoundError, match=message) as error:
+        check_image_folder(image_folder)
+    assert "\n" not in str(error.value)
+
+
+def test_training_batches_are_normalized_227_crops(image_folder):
+    images, labels = next(ImageFolderBatches(image_folder / "train", batch_size=5, seed=0, workers=0))
+    assert images.shape == (5, 3, 227, 227) and images.dtype == torch.float32 and labels.shape == (5,)
+    assert images.min() < -1 and images.max() > 1 and abs(images.mean()) < 0.5  # (x - mean) / std, not [0, 1]
+    assert set(labels.tolist()) <= {0, 1, 2}
+
+
+def test_the_order_repeats_for_a_seed_and_changes_each_epoch(image_folder):
+    batches = ImageFolderBatches(image_folder / "train", batch_size=4, seed=3, workers=0)
+    first, second = batches.epoch_samples(0), batches.epoch_samples(1)
+    assert sorted(i for i, _ in first) == list(range(12)) and [i for i, _ in first] != [i for i, _ in second]
+    assert ImageFolderBatches(image_folder / "train", batch_size=4, seed=3, workers=0).epoch_samples(0) == first
+    assert labels_of(batches, 3) == [[batches.samples.folder.targets[i] for i, _ in first[k:k + 4]]
+                                     for k in (0, 4, 8)]
+
+
+def test_two_ranks_get_disjoint_equal_shares(image_folder):
+    (image_folder / "train" / CLASSES[0] / f"{CLASSES[0]}_0.JPEG").unlink()  # 11 images: one is left over
+    shares = [{i for i, _ in ImageFolderBatches(image_folder / "train", batch_size=2, seed=0, workers=0,
+                                                rank=rank, world_size=2).epoch_samples(0)} for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 5 and not shares[0] & shares[1]
+
+
+def test_a_resumed_loader_continues_with_the_same_batch(image_folder):
+    batches = ImageFolderBatches(image_folder / "train", batch_size=4, seed=1, workers=0)
+    for _ in range(2):
+        next(batches)
+    state = batches.state_dict()
+    expected = [next(batches) for _ in range(3)]  # the rest of epoch 0 and the start of epoch 1
+    resumed = ImageFolderBatches(image_folder / "train", batch_size=4, seed=1, workers=0)
+    resumed.load_state_dict(state)
+    assert state == {"epoch": 0, "position": 2}
+    for images, labels in expected:
+        again = next(resumed)
+        assert torch.equal(again[1], labels) and torch.equal(again[0], images)  # same crops and flips
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # on a machine of one or two cores
+def test_workers_give_the_same_batches_and_leave_the_global_rng_alone(image_folder):
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    alone = ImageFolderBatches(image_folder / "train", batch_size=3, seed=2, workers=0)
+    expected = [next(alone) for _ in range(5)]
+    assert torch.equal(torch.get_rng_state(), before)
+    pooled = ImageFolderBatches(image_folder / "train", batch_size=3, seed=2, workers=2)
+    for images, labels in expected:
+        again = next(pooled)
+        assert torch.equal(again[1], labels) and torch.equal(again[0], images)
+
+
+def test_eval_batches_cover_val_once_in_order(image_folder):
+    batches = list(eval_batches(image_folder / "val", batch_size=4, workers=0))
+    assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 227, 227), (2, 3, 227, 227)]
+    assert torch.cat([labels for _, labels in batches]).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_topk_errors_count_labels_outside_the_top_k():
+    logits = torch.tensor([[0.0, 5, 4, 3, 2, 1],   # label 1: top-1 hit
+                           [0.0, 5, 4, 3, 2, 1],   # label 4: 4th highest, a top-5 hit
+                           [6.0, 5, 4, 3, 2, 1]])  # label 5: 6th highest, a miss in both
+    labels = torch.tensor([1, 4, 5])
+    assert topk_errors(logits, labels) == {1: 2, 5: 1}
+    assert topk_errors(logits, labels, ks=(1, 3, 6, 10)) == {1: 2, 3: 2, 6: 0, 10: 0}  # k clamped to 6 classes
+
+
+def test_evaluate_batches_gives_top1_and_top5(image_folder):
+    torch.manual_seed(0)
+    model = get_model("alexnet", num_classes=3)
+    errors = evaluate_batches(model, eval_batches(image_folder / "val", batch_size=2, workers=0))
+    assert set(errors) == {"top1", "top5"} and 0 <= errors["top5"] <= errors["top1"] <= 1
+    assert errors["top5"] == 0  # 3 classes: every label is in the top 5
+    assert model.training  # left as it was
+
+
+def compose_config(*overrides):
+    register_configs()
+    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=["model=alexnet", "dataset=imagenet", *overrides])
+
+
+def test_validate_accepts_an_image_folder_and_names_a_broken_one(image_folder):
+    run = validate(compose_config(f"dataset.root={image_folder}"))
+    assert (run.dataset.name, run.dataset.num_classes, run.dataset.root) == ("imagenet", 1000, str(image_folder))
+    shutil.rmtree(image_folder / "val" / CLASSES[2])
+    with pytest.raises(ConfigError, match=f"class folders of {image_folder}/train and {image_folder}/val differ"):
+        validate(compose_config(f"dataset.root={image_folder}"))
+
+
+def test_the_default_root_is_imagenet_under_dns_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("DNS_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"{tmp_path}/imagenet/train is missing"):
+        validate(compose_config())
