@@ -136,10 +136,14 @@ def check_resume(run, run_dir: Path) -> None:
         saved = load_checkpoint(latest)["config"]
     except ValueError as e:
         raise ConfigError(f"resume=true: {e}") from None
-    differences = config_differences(saved, {**asdict(run), "resume": saved.get("resume")})
+    differences = [d for d in config_differences(saved, asdict(run)) if d.split("=")[0] not in RESUME_MAY_CHANGE]
     if differences:
         raise ConfigError(f"resume=true: {run_dir} was run with {differences[0]}; resume it with the same "
                           f"settings, or start a new run")
+
+
+# Settings that do not change a run's result: the data may move, a resumed run may load it differently.
+RESUME_MAY_CHANGE = {"resume", "dataset.root", "dataset.workers", "checkpoint.every"}
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -82,7 +82,7 @@ BAD_INPUT = [
 @pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(dns_train, tmp_path, bad_files, args, message):
     before = sorted(bad_files.rglob("*"))
-    result = dns_train(*(a.format(files=bad_files) for a in args))
+    result = dns_train(*(a.replace("{files}", str(bad_files)) for a in args))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dns-train: error: ") and message in lines[0], result.stderr
