@@ -164,6 +164,17 @@ def fail(program: str, message: str) -> None:
 
 
 def main() -> None:
+    from dns.distributed import world
+
+    rank, world_size = world()
+    if world_size > 1:  # under torchrun: one job, one run directory for every rank, rank 0 alone writes
+        args = sys.argv[1:]
+        if "-m" in args or "--multirun" in args:
+            fail("dns-train", "a distributed run is a single job: drop -m, or sweep outside torchrun")
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            fail("dns-train", "under torchrun give hydra.run.dir=DIR, so that every process uses the same run")
+        if rank != 0:
+            sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         check_jobs(sys.argv[1:])
     except ConfigError as e:
@@ -177,8 +188,11 @@ def main() -> None:
 def eval_main(argv: list[str] | None = None) -> None:
     """dns-eval CHECKPOINT [--json] [dataset overrides]: test error and the per-layer table."""
     from dns.checkpoint import load_checkpoint
-    from dns.data import load_split, prepare_dataset
-    from dns.evaluate import evaluation_report
+    from dns.data import prepare_dataset
+    import torch
+
+    from dns.evaluate import evaluation_report, evaluator
+    from dns.imagenet import check_image_folder
     from dns.export import as_checkpoint, is_dns_file
     from dns.report import markdown_table
 
@@ -192,10 +206,10 @@ def eval_main(argv: list[str] | None = None) -> None:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             dataset = OmegaConf.to_object(compose(config_name="config", overrides=args.overrides)).dataset
         checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
-        prepare_dataset(dataset)
+        check_image_folder(dataset.root) if dataset.name == "imagenet" else prepare_dataset(dataset)
     except Exception as e:  # a bad file, missing data, or Hydra's composition errors
         fail("dns-eval", one_line(e))
-    report = evaluation_report(checkpoint, load_split(dataset, train=False), dataset.name, dataset.test_batch_size)
+    report = evaluation_report(checkpoint, evaluator(dataset, torch.device("cpu")), dataset.name)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report), end="\n" if args.json else "")
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -45,6 +46,7 @@ class DatasetConfig:
     workers: int = 4  # imagenet: DataLoader worker processes that decode and augment the images
     image_size: int = 227  # imagenet: side of the square crops the model takes
     resize_size: int = 256  # imagenet: evaluation images are resized to this shorter side, then centre-cropped
+    pixels: str = "torchvision"  # imagenet: torchvision (RGB, mean/std) | caffe (BGR 0-255 minus the mean pixel)
 
 
 @dataclass
@@ -72,6 +74,19 @@ class ReferenceConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One step of a phased surgery: its layers, iterations and settings (unset: the surgery's)."""
+
+    layers: Any = "all"  # all | conv | fc | a list of those and layer names
+    iters: int = 0
+    c: Optional[float] = None
+    c_per_layer: Dict[str, float] = layer_dict(float)
+    iter_stop: Optional[int] = None  # iteration of this phase from which its masks are frozen (None: its end)
+    gamma: Optional[float] = None
+    power: Optional[float] = None
+
+
+@dataclass
 class SurgeryConfig:
     iters: int = 14000
     c: float = 1.0  # every layer's c: thr = max(mu + c·sigma, 0)
@@ -84,6 +99,9 @@ class SurgeryConfig:
     prune_bias: bool = True
     layers: Any = "all"  # all | conv | fc | a list of those and layer names
     min_remaining: float = 0.0  # fraction of each layer's weights always kept (the largest |w|), so none is cut
+    # phases one after the other (e.g. conv, then fc); the other layers keep their masks meanwhile.
+    # Empty: one phase of all of the above. Given: surgery.iters is the sum of their iters.
+    phases: List[PhaseConfig] = field(default_factory=list)
     lr: Optional[float] = None  # base learning rate of surgery and fine-tuning (None: optimizer.lr)
 
 
@@ -111,6 +129,8 @@ class RunConfig:
     resume: bool = False  # go on from checkpoints/latest.pt of the run directory named by hydra.run.dir
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # CUDA: bfloat16 autocast for the forward pass and the loss
+    channels_last: bool = False  # CUDA: NHWC memory layout for convolutional models
     log_every: int = 100  # iterations between history rows
     eval_every: int = 1000  # iterations between test-set evaluations (and at the end of each stage)
 
@@ -132,8 +152,9 @@ DATASETS = ("mnist", "fashion_mnist", "imagenet")
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """The typed config, after every range check; raises ConfigError naming the key and the fix."""
     from dns.data import prepare_dataset
-    from dns.imagenet import check_image_folder
-    from dns.models import get_model, layer_kind, list_models, prunable_layers
+    from dns.distributed import world
+    from dns.imagenet import check_image_folder, holds_images
+    from dns.models import get_model, input_shape, layer_kind, list_models, prunable_layers
     from dns.surgeon import select_layers
 
     run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
@@ -170,7 +191,12 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         require(value >= 0, f"surgery.iter_stop_per_layer.{name}={value} is negative: give a value >= 0")
     require(run.device == "auto" or run.device == "cpu" or run.device.startswith("cuda"),
             f"device={run.device!r}: use auto, cpu, cuda or cuda:N")
+    require(run.dataset.pixels in ("torchvision", "caffe"),
+            f"dataset.pixels={run.dataset.pixels!r}: use torchvision or caffe")
 
+    shape = (3, run.dataset.image_size, run.dataset.image_size) if run.dataset.name == "imagenet" else (1, 28, 28)
+    require(input_shape(run.model.name) == shape, f"{run.model.name} takes {input_shape(run.model.name)} inputs, "
+            f"{run.dataset.name} gives {shape}: pick a model for this dataset")
     with torch.device("meta"):  # only the layer names are needed: allocate nothing
         model = get_model(run.model.name, num_classes=run.dataset.num_classes)
     kinds = {name: layer_kind(layer) for name, layer in prunable_layers(model).items()}
@@ -184,13 +210,35 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         for name in getattr(s, key):
             require(name in kinds, f"surgery.{key} names {name!r}, which is no layer of {run.model.name} "
                                    f"(layers: {', '.join(kinds)})")
+    for i, phase in enumerate(s.phases):
+        where = f"surgery.phases[{i}]"
+        try:
+            select_layers(phase.layers, kinds)
+        except ValueError as e:
+            raise ConfigError(f"{where}.layers: {e}") from None
+        for key, value in [("iters", phase.iters), ("iter_stop", phase.iter_stop), ("gamma", phase.gamma),
+                           ("power", phase.power)]:
+            require(value is None or value >= 0, f"{where}.{key}={value} is negative: give a value >= 0")
+        for name in phase.c_per_layer:
+            require(name in kinds, f"{where}.c_per_layer names {name!r}, which is no layer of {run.model.name}")
+    if s.phases:
+        s.iters = sum(phase.iters for phase in s.phases)
+    require(not (run.amp or run.channels_last) or run.device.startswith("cuda")
+            or (run.device == "auto" and torch.cuda.is_available()),
+            "amp=true and channels_last=true need a CUDA device: drop them on CPU")
     if run.reference.checkpoint is not None:
         adopt_checkpoint(run, kinds)
     else:
         require(not run.reference.surgery_settings, "reference.surgery_settings=true needs reference.checkpoint")
     try:
         if run.dataset.name == "imagenet":
-            check_image_folder(run.dataset.root)
+            d, processes = run.dataset, world()[1]
+            classes = len(check_image_folder(d.root))
+            require(classes <= d.num_classes, f"dataset.num_classes={d.num_classes}, but {d.root}/train holds "
+                                              f"{classes} class folders: set dataset.num_classes={classes}")
+            require(holds_images(Path(d.root) / "train", d.batch_size * processes),
+                    f"{d.root}/train holds fewer images than a batch of dataset.batch_size={d.batch_size} for each "
+                    f"of {processes} process(es): lower dataset.batch_size")
         else:
             prepare_dataset(run.dataset)
     except FileNotFoundError as e:

@@ -74,10 +74,11 @@ class ShuffledBatches:
     """Endless mini-batches of a split, reshuffled every epoch by a generator of its own.
 
     The tail of an epoch shorter than a batch is dropped, so every batch has `batch_size` samples.
+    In a distributed run rank r of `world_size` takes the r-th of every world_size consecutive batches.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int):
-        self.split, self.batch_size = split, batch_size
+    def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.position = 0
@@ -94,9 +95,11 @@ class ShuffledBatches:
         self.order, self.position = state["order"].clone(), state["position"]
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.position + self.batch_size > len(self.order):
+        span = self.batch_size * self.world_size  # the batches of every rank, together
+        if self.position + span > len(self.order):
             self.order = torch.randperm(len(self.split.labels), generator=self.generator)
             self.position = 0
-        index = self.order[self.position:self.position + self.batch_size].to(self.split.labels.device)
-        self.position += self.batch_size
+        start = self.position + self.rank * self.batch_size
+        index = self.order[start:start + self.batch_size].to(self.split.labels.device)
+        self.position += span
         return self.split.images[index], self.split.labels[index]

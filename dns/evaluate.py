@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from dns.data import Split
+from dns.config import DatasetConfig
+from dns.data import Split, load_split
 from dns.export import byte_report
 from dns.models import get_model
 from dns.report import layer_rows, totals
@@ -63,10 +65,28 @@ def restore(checkpoint: dict[str, Any]) -> tuple[nn.Module, Surgeon]:
     return model, surgeon
 
 
-def evaluation_report(checkpoint: dict[str, Any], split: Split, dataset: str, batch_size: int) -> dict[str, Any]:
-    """The fields of report.json that a checkpoint alone determines: layers, totals and the test error."""
+TestFn = Callable[[nn.Module], dict[str, float]]  # model -> {"top1": error, "top5": error (ImageNet only)}
+
+
+def evaluator(dataset: DatasetConfig, device: torch.device) -> TestFn:
+    """The test-set evaluation of `dataset`: MNIST-like splits held on `device`, ImageFolder's val/ streamed."""
+    if dataset.name == "imagenet":
+        from dns.imagenet import eval_batches
+
+        val = eval_batches(Path(dataset.root) / "val", dataset.test_batch_size, dataset.workers,
+                           dataset.image_size, dataset.resize_size, dataset.pixels)
+        return lambda model: evaluate_batches(model, val)
+    test = load_split(dataset, train=False).to(device)
+    return lambda model: {"top1": evaluate(model, test, dataset.test_batch_size)}
+
+
+def evaluation_report(checkpoint: dict[str, Any], test: TestFn, dataset: str) -> dict[str, Any]:
+    """The fields of report.json that a checkpoint alone determines: layers, totals and the test error(s)."""
     model, surgeon = restore(checkpoint)
     rows = layer_rows(surgeon)
+    errors = test(model)
+    result = {"final_error": errors["top1"]}
+    if "top5" in errors:
+        result["final_top5_error"] = errors["top5"]
     return {"model": checkpoint["model"], "dataset": dataset, "status": "evaluated", "layers": rows,
-            "total": totals(rows), "test": {"final_error": evaluate(model, split, batch_size)},
-            "bytes": byte_report(checkpoint)}
+            "total": totals(rows), "test": result, "bytes": byte_report(checkpoint)}

@@ -6,18 +6,22 @@ classes are numbered by sorted folder name, so train and val must hold the same 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's RGB statistics, as torchvision's models use
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # bvlc_alexnet's mean pixel, in Caffe's BGR order and 0-255 scale
 LAYOUT = "root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
 
 
-def check_image_folder(root: str | Path) -> None:
-    """FileNotFoundError (one line: what is wrong and the fix) unless `root` holds train/ and val/ in ImageFolder layout."""
+def check_image_folder(root: str | Path) -> list[str]:
+    """The class folder names, or FileNotFoundError (one line: what is wrong and the fix) unless `root` holds
+    train/ and val/ in ImageFolder layout."""
     root, classes = Path(root), {}
     for split in ("train", "val"):
         folder = root / split
@@ -38,18 +42,45 @@ def check_image_folder(root: str | Path) -> None:
                                 f"(only in train: {', '.join(only_train[:3]) or '-'}; only in val: "
                                 f"{', '.join(only_val[:3]) or '-'}); give both the same class folders, as "
                                 f"labels are numbered by sorted folder name")
+    return classes["train"]
 
 
-def train_transform(image_size: int = 227) -> transforms.Compose:
+def holds_images(folder: str | Path, count: int) -> bool:
+    """Whether the class folders of `folder` hold at least `count` images (stops counting there)."""
+    seen = 0
+    for class_dir in os.scandir(folder):
+        if class_dir.is_dir():
+            seen += sum(1 for f in os.scandir(class_dir) if f.name.lower().endswith(IMG_EXTENSIONS))
+            if seen >= count:
+                return True
+    return False
+
+
+class CaffePixels:
+    """RGB in [0, 1] -> BGR in [0, 255] minus Caffe's mean pixel: the input the Caffe model zoo's weights expect."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)
+        return image.flip(0) * 255 - mean
+
+
+def pixel_transform(pixels: str) -> list:
+    """Image to tensor: `torchvision` (RGB normalised by ImageNet's mean and std) or `caffe` (see CaffePixels)."""
+    if pixels not in ("torchvision", "caffe"):
+        raise ValueError(f"dataset.pixels={pixels!r}: use torchvision or caffe")
+    return [transforms.ToTensor(), CaffePixels() if pixels == "caffe" else transforms.Normalize(MEAN, STD)]
+
+
+def train_transform(image_size: int = 227, pixels: str = "torchvision") -> transforms.Compose:
     """torchvision's ImageNet recipe; Caffe instead cropped 227 at random from 256×256 images, mean-subtracted."""
     return transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-                               transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+                               *pixel_transform(pixels)])
 
 
-def eval_transform(image_size: int = 227, resize_size: int = 256) -> transforms.Compose:
+def eval_transform(image_size: int = 227, resize_size: int = 256, pixels: str = "torchvision") -> transforms.Compose:
     """The single centre crop the paper's errors are measured on."""
     return transforms.Compose([transforms.Resize(resize_size), transforms.CenterCrop(image_size),
-                               transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+                               *pixel_transform(pixels)])
 
 
 class SeededSamples(Dataset):
@@ -85,8 +116,8 @@ class ImageFolderBatches:
     """
 
     def __init__(self, folder: str | Path, batch_size: int, seed: int, image_size: int = 227, workers: int = 4,
-                 rank: int = 0, world_size: int = 1):
-        self.samples = SeededSamples(datasets.ImageFolder(str(folder), transform=train_transform(image_size)))
+                 rank: int = 0, world_size: int = 1, pixels: str = "torchvision"):
+        self.samples = SeededSamples(datasets.ImageFolder(str(folder), transform=train_transform(image_size, pixels)))
         self.batch_size, self.seed, self.workers = batch_size, seed, workers
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = len(self.samples) // world_size // batch_size
@@ -133,7 +164,7 @@ class ImageFolderBatches:
 
 
 def eval_batches(folder: str | Path, batch_size: int, workers: int = 4, image_size: int = 227,
-                 resize_size: int = 256) -> DataLoader:
+                 resize_size: int = 256, pixels: str = "torchvision") -> DataLoader:
     """Evaluation batches (images, labels) of an ImageFolder, in file order, centre-cropped; every sample once."""
-    dataset = datasets.ImageFolder(str(folder), transform=eval_transform(image_size, resize_size))
+    dataset = datasets.ImageFolder(str(folder), transform=eval_transform(image_size, resize_size, pixels))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

@@ -49,15 +49,17 @@ class History:
     rewrites the file from them, dropping rows logged after that checkpoint.
     """
 
-    def __init__(self, path: Path, layer_names: list[str], state: dict[str, Any] | None = None):
+    def __init__(self, path: Path | None, layer_names: list[str], state: dict[str, Any] | None = None):
+        """`path` None keeps the rows in memory only (the ranks of a distributed run other than 0)."""
         self.layer_names = layer_names
         self.columns = (["stage", "step", "iteration", "lr", "loss", "train_error", "sigma", "remaining_pct"]
-                        + [f"{name}_remaining_pct" for name in layer_names] + ["pruned", "spliced", "test_error"])
+                        + [f"{name}_remaining_pct" for name in layer_names] + ["pruned", "spliced", "test_error", "phase"])
         state = state or {"rows": [], "pruned": 0, "spliced": 0}
         self.rows: list[dict[str, Any]] = list(state["rows"])
         self.pruned, self.spliced = state["pruned"], state["spliced"]  # totals at the previous row
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path if path is not None else os.devnull, "w", newline="")
         self.writer = csv.DictWriter(self.file, self.columns)
         self.writer.writeheader()
         self.writer.writerows(self.rows)
@@ -67,10 +69,11 @@ class History:
         return {"rows": list(self.rows), "pruned": self.pruned, "spliced": self.spliced}
 
     def log(self, stage: str, step: int, iteration: int, *, lr: float, loss: float, train_error: float,
-            sigma: float | None, layers: list[LayerState] | None, test_error: float | None) -> dict[str, Any]:
+            sigma: float | None, layers: list[LayerState] | None, test_error: float | None,
+            phase: str | None = None) -> dict[str, Any]:
         """Write a row; `layers` None means no masks yet (the dense reference: everything remains)."""
         row: dict[str, Any] = {"stage": stage, "step": step, "iteration": iteration, "lr": lr, "loss": loss,
-                               "train_error": train_error, "sigma": sigma, "test_error": test_error}
+                               "train_error": train_error, "sigma": sigma, "test_error": test_error, "phase": phase}
         if layers is None:
             row.update({f"{name}_remaining_pct": 100.0 for name in self.layer_names},
                        remaining_pct=100.0, pruned=0, spliced=0)
@@ -94,7 +97,7 @@ class History:
 def read_history(path: Path) -> list[dict[str, Any]]:
     """history.csv back as rows of numbers (empty cells become None)."""
     def parse(key: str, value: str):
-        if key == "stage":
+        if key in ("stage", "phase"):
             return value
         return None if value == "" else float(value)
 
@@ -138,6 +141,19 @@ def markdown_table(report: dict[str, Any]) -> str:
                      f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
     else:
         lines.append(f"Test error: **{pct(100 * test['final_error'])}**.")
+    if test.get("final_top5_error") is not None:
+        before = test.get("reference_top5_error")
+        lines.append(f"Top-5 error: {'' if before is None else pct(100 * before) + ' (reference) → '}"
+                     f"**{pct(100 * test['final_top5_error'])}**.")
+    if report.get("phases"):
+        names = [r["name"] for r in report["layers"]]
+        lines += ["", "Surgery phases (remaining % of each layer when the phase ended):", "",
+                  "| phase | layers | iterations | test error | " + " | ".join(names) + " |",
+                  "|---|---|---:|---:|" + "---:|" * len(names)]
+        for i, phase in enumerate(report["phases"], 1):
+            lines.append(f"| {i} | {', '.join(phase['layers'])} | {phase['iters']:,} | "
+                         f"{pct(100 * phase['test_error'])} | "
+                         + " | ".join(pct(phase["remaining_pct"][n]) for n in names) + " |")
     if "iterations" in report:
         lines += ["", "| stage | iterations | wall seconds |", "|---|---:|---:|"]
         for stage, iters in report["iterations"].items():
@@ -180,7 +196,7 @@ def plot_history(rows: list[dict[str, Any]], layer_names: list[str], folder: Pat
 def _mark_stages(ax, rows: list[dict[str, Any]]) -> None:
     """Dotted lines where a stage ends, so the plots show reference / surgery / fine-tune."""
     for previous, row in zip(rows, rows[1:]):
-        if row["stage"] != previous["stage"]:
+        if row["stage"] != previous["stage"] or row.get("phase") != previous.get("phase"):
             ax.axvline(previous["step"], color="grey", linestyle=":", linewidth=1)
 
 

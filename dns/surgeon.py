@@ -16,6 +16,22 @@ from dns.thresholds import gate_open, magnitude_stats, thresholds
 LAYER_SETTINGS = ("c", "iter_stop", "mu", "sigma", "a", "b", "pruned", "spliced")
 
 
+@dataclass
+class Phase:
+    """A span of surgery iterations [first, first + iters) that operates on `c`'s layers alone."""
+
+    first: int
+    iters: int
+    c: dict[str, float]  # layer name -> c, for the layers of this phase
+    iter_stop: dict[str, int]  # layer name -> iteration of the phase from which its mask is frozen
+    gamma: float
+    power: float
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.c)
+
+
 def select_layers(selection: str | list[str], kinds: dict[str, str]) -> list[str]:
     """Names of the layers picked by `selection`: 'all', 'conv', 'fc', or a list of those and layer names.
 
@@ -95,6 +111,7 @@ class Surgeon:
     min_remaining: float = 0.0
     initial_masks: dict[str, torch.Tensor] | None = None
     layers: list[LayerState] = field(init=False)
+    active: set[str] = field(init=False)  # the layers whose masks `step` re-decides (the current phase's)
 
     def __post_init__(self):
         modules = prunable_layers(self.model)
@@ -106,11 +123,21 @@ class Surgeon:
             self.layers.append(LayerState(name, layer_kind(module), params, live.get(name, {}),
                                           c=self.c.get(name), iter_stop=self.iter_stop.get(name, 0)))
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.active = {layer.name for layer in self.layers if layer.under_surgery}
+
+    def begin_phase(self, c: dict[str, float], iter_stop: dict[str, int], gamma: float, power: float) -> None:
+        """Operate from now on on the layers in `c` alone, with new settings and thresholds fixed now;
+        the other layers keep their masks (and what they had in a previous phase)."""
+        for layer in self.layers:
+            if layer.name in c:
+                layer.c, layer.iter_stop = c[layer.name], iter_stop[layer.name]
+        self.active, self.gamma, self.power = set(c), gamma, power
+        self.start()
 
     def start(self) -> None:
-        """Fix each surgery layer's statistics and thresholds, once, from its current non-zero weights."""
+        """Fix each active layer's statistics and thresholds, once, from its current non-zero weights."""
         for layer in self.layers:
-            if layer.under_surgery:
+            if layer.name in self.active:
                 effective = [p.detach() * layer.masks[k] if k in layer.masks else p.detach()
                              for k, p in layer.params.items()]
                 layer.mu, layer.sigma = magnitude_stats(effective)
@@ -135,7 +162,7 @@ class Surgeon:
         """
         updated = 0
         for layer in self.layers:
-            if not layer.under_surgery:
+            if layer.name not in self.active:
                 continue
             draw = torch.rand((), generator=self.generator).item()
             if not gate_open(iteration, draw, self.gamma, self.power, layer.iter_stop):

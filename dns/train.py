@@ -14,23 +14,24 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from dns import distributed
 from dns.checkpoint import load_checkpoint, save_checkpoint
 from dns.config import RunConfig
-from dns.data import ShuffledBatches, Split, load_split
-from dns.evaluate import evaluate
+from dns.data import ShuffledBatches, load_split
+from dns.evaluate import TestFn, evaluator
 from dns.export import byte_report
 from dns.masks import mask_state_dict, plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import build_optimizer, learning_rate, set_learning_rate
 from dns.report import History, layer_rows, totals, write_reports
-from dns.surgeon import Surgeon, select_layers
+from dns.surgeon import Phase, Surgeon, select_layers
 from dns.thresholds import surgery_probability
 
 log = logging.getLogger(__name__)
@@ -78,17 +79,36 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def build_surgeon(model: nn.Module, cfg: RunConfig, initial_masks: dict | None) -> Surgeon:
-    """The surgeon of this run: per-layer c and iter_stop resolved from the surgery config."""
+def surgery_phases(cfg: RunConfig, kinds: dict[str, str]) -> list[Phase]:
+    """The surgery stage as phases: surgery.phases in order, or one phase of the surgery's own settings.
+
+    In a phase the most specific setting wins: its c_per_layer, its c, then surgery.c_per_layer and surgery.c.
+    Its iter_stop counts from the phase's start (unset: the phase's end).
+    """
     s = cfg.surgery
-    kinds = {name: layer_kind(m) for name, m in prunable_layers(model).items()}
-    selected = select_layers(s.layers, kinds)
-    default_stop = s.iters if s.iter_stop is None else s.iter_stop
-    return Surgeon(model,
-                   c={name: s.c_per_layer.get(name, s.c) for name in selected},
-                   iter_stop={name: s.iter_stop_per_layer.get(name, default_stop) for name in selected},
-                   margin=s.margin, gamma=s.gamma, power=s.power, prune_bias=s.prune_bias,
-                   seed=cfg.seed + 1, min_remaining=s.min_remaining, initial_masks=initial_masks)
+    if not s.phases:
+        names = select_layers(s.layers, kinds)
+        stop = s.iters if s.iter_stop is None else s.iter_stop
+        return [Phase(0, s.iters, {n: s.c_per_layer.get(n, s.c) for n in names},
+                      {n: s.iter_stop_per_layer.get(n, stop) for n in names}, s.gamma, s.power)]
+    phases, first = [], 0
+    for step in s.phases:
+        names = select_layers(step.layers, kinds)
+        c = {n: step.c_per_layer.get(n, s.c_per_layer.get(n, s.c) if step.c is None else step.c) for n in names}
+        stop = step.iters if step.iter_stop is None else step.iter_stop
+        phases.append(Phase(first, step.iters, c, dict.fromkeys(names, stop),
+                            s.gamma if step.gamma is None else step.gamma,
+                            s.power if step.power is None else step.power))
+        first += step.iters
+    return phases
+
+
+def build_surgeon(model: nn.Module, cfg: RunConfig, initial_masks: dict | None) -> Surgeon:
+    """Masks on every prunable layer; which layers it operates on is set per phase (`begin_phase`)."""
+    s = cfg.surgery
+    return Surgeon(model, c={}, iter_stop={}, margin=s.margin, gamma=s.gamma, power=s.power,
+                   prune_bias=s.prune_bias, seed=cfg.seed + 1, min_remaining=s.min_remaining,
+                   initial_masks=initial_masks)
 
 
 def first_non_finite(model: nn.Module, images: torch.Tensor) -> str:
@@ -110,6 +130,19 @@ def first_non_finite(model: nn.Module, images: torch.Tensor) -> str:
     return f"layer {found[0]} outputs non-finite values" if found else "the loss itself overflows"
 
 
+def build_data(cfg: RunConfig, device: torch.device, rank: int, world_size: int) -> tuple[Iterator, TestFn]:
+    """Endless training batches (this rank's share) and the test-set evaluation of the configured dataset."""
+    d = cfg.dataset
+    if d.name == "imagenet":
+        from dns.imagenet import ImageFolderBatches
+
+        batches = ImageFolderBatches(Path(d.root) / "train", d.batch_size, cfg.seed, d.image_size, d.workers,
+                                     rank, world_size, d.pixels)
+    else:
+        batches = ShuffledBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size)
+    return batches, evaluator(d, device)
+
+
 class Trainer:
     """The model and everything that moves with it between iterations; one training loop for every stage.
 
@@ -117,51 +150,69 @@ class Trainer:
     from 0 in the reference stage, and from 0 through surgery into fine-tuning, one optimizer run).
     """
 
-    def __init__(self, model: nn.Module, batches: ShuffledBatches, test: Split, cfg: RunConfig, history: History,
-                 out_dir: Path):
+    def __init__(self, model: nn.Module, batches: Iterator, test: TestFn, cfg: RunConfig, history: History,
+                 out_dir: Path, device: torch.device, main: bool = True):
         self.model, self.batches, self.test, self.cfg, self.history = model, batches, test, cfg, history
-        self.out_dir = out_dir
+        self.out_dir, self.device = out_dir, device
+        self.main = main  # rank 0 (or the only process): the one that writes files
+        self.net = distributed.wrap(model, device)  # what the step calls: DDP in a distributed run
         self.surgeon: Surgeon | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage, self.iteration = "reference", 0
+        self.phase = -1  # the surgery phase begun last
+        self.phases: list[dict[str, Any]] = []  # what each finished phase left
         self.step_count = 0  # iterations over all stages, for the history
         self.reference_error: float | None = None
-        self.test_error: float | None = None  # the latest evaluation
+        self.reference_top5: float | None = None
+        self.test_error: float | None = None  # the latest evaluation: top-1, and top-5 where measured
+        self.test_top5: float | None = None
         self.wall = {"reference": 0.0, "surgery": 0.0, "finetune": 0.0}
         self.warnings: list[str] = []
         self.signal_received: int | None = None
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         self._reset_running_sums()
 
     def _reset_running_sums(self) -> None:
         # running sums stay on the device: no sync on the steps that log nothing
-        device = self.test.images.device
-        self.loss_sum = torch.zeros((), device=device)
-        self.wrong = torch.zeros((), dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.wrong = torch.zeros((), dtype=torch.long, device=self.device)
         self.steps = self.seen = 0
 
+    def evaluate(self) -> None:
+        errors = self.test(self.model)
+        self.test_error, self.test_top5 = errors["top1"], errors.get("top5")
+
     # -- the training loop -------------------------------------------------------------------------
-    def run_stage(self, stage: str, base_lr: float, first: int, iters: int) -> None:
-        """Train iterations first .. first+iters-1 of `stage`, or what is left of them after a resume."""
+    def run_stage(self, stage: str, base_lr: float, first: int, iters: int, phase: Phase | None = None) -> None:
+        """Train iterations first .. first+iters-1 of `stage` (of `phase`, in surgery), or what is left of
+        them after a resume."""
         if STAGES.index(self.stage) > STAGES.index(stage):
             return  # done before the resume
         if self.stage != stage:
             self.stage, self.iteration = stage, first
             self._reset_running_sums()
+        if iters > 0 and self.iteration >= first + iters:
+            return  # a phase done before the resume
         cfg, surgeon, optimizer = self.cfg, self.surgeon, self.optimizer
-        operate = stage == "surgery" and surgeon is not None
+        operate = phase is not None and surgeon is not None
         tick = time.perf_counter()
         if iters == 0:
-            self.test_error = evaluate(self.model, self.test, cfg.dataset.test_batch_size)
-        bar = tqdm(range(self.iteration, first + iters), desc=stage, unit="it", disable=None, dynamic_ncols=True,
+            self.evaluate()
+        bar = tqdm(range(self.iteration, first + iters), desc=stage if phase is None else f"{stage} {phase.label}",
+                   unit="it", disable=None if self.main else True, dynamic_ncols=True,
                    initial=self.iteration - first, total=iters)
         for it in bar:
             set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it))
             if operate:
-                surgeon.step(it)
+                surgeon.step(it - phase.first)
             images, labels = next(self.batches)
-            logits = self.model(images)
-            loss = nn.functional.cross_entropy(logits, labels)
-            if not torch.isfinite(loss):
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(**self.autocast):
+                logits = self.net(images)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+            if distributed.any_rank(not torch.isfinite(loss), self.device):
                 raise Stop("failed", f"non-finite loss at {stage} iteration {it}: "
                                      f"{first_non_finite(self.model, images)}", 1)
             optimizer.zero_grad(set_to_none=True)
@@ -176,28 +227,28 @@ class Trainer:
             done = it + 1 - first
             evaluated = done % cfg.eval_every == 0 or done == iters
             if evaluated:
-                self.test_error = evaluate(self.model, self.test, cfg.dataset.test_batch_size)
+                self.evaluate()
                 log.info("%s %d/%d: test error %.2f%%", stage, done, iters, 100 * self.test_error)
             if evaluated or done % cfg.log_every == 0:
-                self._log_row(stage, it, operate, bar, evaluated)
-            if self.signal_received is not None:
+                self._log_row(stage, it, phase if operate else None, bar, evaluated)
+            if distributed.any_rank(self.signal_received is not None, self.device):
                 self.wall[stage] += time.perf_counter() - tick
                 self.checkpoint()
-                name = signal.Signals(self.signal_received).name
-                raise Stop("interrupted", f"{name} at {stage} iteration {it + 1}: checkpoint saved, "
-                                          f"resume with resume=true hydra.run.dir={self.out_dir}",
-                           128 + self.signal_received)
+                signum = self.signal_received or signal.SIGTERM  # another rank's signal stops this one too
+                raise Stop("interrupted", f"{signal.Signals(signum).name} at {stage} iteration {it + 1}: checkpoint "
+                                          f"saved, resume with resume=true hydra.run.dir={self.out_dir}", 128 + signum)
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != iters:
                 self.checkpoint()
         self.wall[stage] += time.perf_counter() - tick
 
-    def _log_row(self, stage: str, it: int, operate: bool, bar: tqdm, evaluated: bool) -> None:
+    def _log_row(self, stage: str, it: int, phase: Phase | None, bar: tqdm, evaluated: bool) -> None:
         cfg, surgeon = self.cfg, self.surgeon
-        sigma = surgery_probability(it, cfg.surgery.gamma, cfg.surgery.power) if operate else None
+        sigma = surgery_probability(it - phase.first, phase.gamma, phase.power) if phase else None
         row = self.history.log(stage, self.step_count, it, lr=self.optimizer.param_groups[0]["lr"],
                                loss=(self.loss_sum / self.steps).item(), train_error=self.wrong.item() / self.seen,
                                sigma=sigma, layers=surgeon.layers if surgeon else None,
-                               test_error=self.test_error if evaluated else None)
+                               test_error=self.test_error if evaluated else None,
+                               phase=phase.label if phase and len(cfg.surgery.phases) > 1 else None)
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{1 - row['train_error']:.4f}",
                         remaining=f"{row['remaining_pct']:.2f}%", sigma="-" if sigma is None else f"{sigma:.3f}")
         for layer in surgeon.layers if surgeon else []:
@@ -208,6 +259,20 @@ class Trainer:
                     log.warning(message)
                     self.warnings.append(message)
         self._reset_running_sums()
+
+    def begin_phase(self, index: int, phase: Phase) -> None:
+        """Phase `index` of the surgery starts now: its layers' thresholds are fixed from their weights."""
+        self.surgeon.begin_phase(phase.c, phase.iter_stop, phase.gamma, phase.power)
+        self.phase = index
+        log.info("surgery phase %d: %s for %d iterations", index + 1, phase.label, phase.iters)
+
+    def end_phase(self, index: int, phase: Phase) -> None:
+        """Record what phase `index` left, once."""
+        if len(self.phases) > index:
+            return
+        self.phases.append({"layers": list(phase.c), "iters": phase.iters, "c": phase.c, "gamma": phase.gamma,
+                            "power": phase.power, "test_error": self.test_error,
+                            "remaining_pct": {row["name"]: row["remaining_pct"] for row in layer_rows(self.surgeon)}})
 
     # -- checkpoints -------------------------------------------------------------------------------
     def model_content(self) -> dict[str, Any]:
@@ -220,7 +285,8 @@ class Trainer:
     def save(self, name: str, stage: str) -> dict[str, Any]:
         """checkpoints/<name>.pt of the model alone (reference.pt, final.pt); returns its content."""
         content = dict(self.model_content(), stage=stage, test_error=self.test_error)
-        save_checkpoint(self.out_dir / "checkpoints" / f"{name}.pt", **content)
+        if self.main:
+            save_checkpoint(self.out_dir / "checkpoints" / f"{name}.pt", **content)
         return content
 
     def checkpoint(self) -> None:
@@ -229,15 +295,19 @@ class Trainer:
             if not torch.isfinite(param).all():
                 raise Stop("failed", f"non-finite weights at {self.stage} iteration {self.iteration} "
                                      f"({name}); the last good checkpoint is kept", 1)
+        if not self.main:
+            return
         resume = {
             "stage": self.stage, "iteration": self.iteration, "step_count": self.step_count,
+            "phase": self.phase, "phases": list(self.phases),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "batches": self.batches.state_dict(), "rng": rng_states(),
             "gate": self.surgeon.generator.get_state() if self.surgeon else None,
             "history": self.history.state_dict(),
             "running": {"loss_sum": self.loss_sum.cpu(), "wrong": self.wrong.cpu(), "steps": self.steps,
                         "seen": self.seen},
-            "reference_error": self.reference_error, "test_error": self.test_error,
+            "reference_error": self.reference_error, "reference_top5": self.reference_top5,
+            "test_error": self.test_error, "test_top5": self.test_top5,
             "wall": dict(self.wall), "warnings": list(self.warnings),
         }
         save_checkpoint(self.out_dir / "checkpoints" / "latest.pt", **self.model_content(), stage=self.stage,
@@ -246,6 +316,7 @@ class Trainer:
     def load_state(self, resume: dict[str, Any]) -> None:
         """Take up what `checkpoint` saved (the weights and masks are loaded before the surgeon is built)."""
         self.stage, self.iteration, self.step_count = resume["stage"], resume["iteration"], resume["step_count"]
+        self.phase, self.phases = resume["phase"], list(resume["phases"])
         if resume["optimizer"] is not None:
             self.optimizer.load_state_dict(resume["optimizer"])
         self.batches.load_state_dict(resume["batches"])
@@ -253,10 +324,10 @@ class Trainer:
         if resume["gate"] is not None:
             self.surgeon.generator.set_state(resume["gate"])
         running = resume["running"]
-        device = self.test.images.device
-        self.loss_sum, self.wrong = running["loss_sum"].to(device), running["wrong"].to(device)
+        self.loss_sum, self.wrong = running["loss_sum"].to(self.device), running["wrong"].to(self.device)
         self.steps, self.seen = running["steps"], running["seen"]
-        self.reference_error, self.test_error = resume["reference_error"], resume["test_error"]
+        self.reference_error, self.reference_top5 = resume["reference_error"], resume["reference_top5"]
+        self.test_error, self.test_top5 = resume["test_error"], resume["test_top5"]
         self.wall.update(resume["wall"])
         self.warnings = list(resume["warnings"])
 
@@ -277,12 +348,15 @@ class Trainer:
         rows = layer_rows(self.surgeon) if self.surgeon else []
         for row in rows:
             row["cut"] = row["weight_remaining"] == 0
+        test = {"reference_error": self.reference_error, "final_error": self.test_error}
+        if self.test_top5 is not None:
+            test.update(reference_top5_error=self.reference_top5, final_top5_error=self.test_top5)
         report = {
             "model": cfg.model.name, "dataset": cfg.dataset.name, "status": status, "config": asdict(cfg),
-            "layers": rows, "total": totals(rows) if rows else None,
-            "test": {"reference_error": self.reference_error, "final_error": self.test_error},
+            "layers": rows, "total": totals(rows) if rows else None, "test": test,
             "iterations": {"reference": 0 if cfg.reference.checkpoint else cfg.reference.iters,
                            "surgery": cfg.surgery.iters, "finetune": cfg.finetune.iters},
+            "phases": self.phases if len(cfg.surgery.phases) > 1 else None,
             "stopped_at": None if status == "completed" else {"stage": self.stage, "iteration": self.iteration},
             "wall_seconds": {k: round(v, 3) for k, v in {**self.wall, "total": sum(self.wall.values())}.items()},
             "warnings": self.warnings,
@@ -296,34 +370,48 @@ class Trainer:
 
 def run(cfg: RunConfig, out_dir: Path) -> dict:
     """Run (or, with cfg.resume, go on with) every stage of `cfg`, writing reports, history, plots and
-    checkpoints into `out_dir`. A run that stops early raises `Stop` after writing its report."""
+    checkpoints into `out_dir`. A run that stops early raises `Stop` after writing its report.
+
+    Under torchrun every rank runs this; rank 0 alone writes.
+    """
     latest = out_dir / "checkpoints" / "latest.pt"
     state = load_checkpoint(latest) if cfg.resume and latest.is_file() else None
     if cfg.resume and state is None:
         log.info("resume: no checkpoint in %s yet, starting from the beginning", out_dir)
-    seed_everything(cfg.seed)
+    rank, world_size = distributed.world()
     device = pick_device(cfg.device)
-    train_split = load_split(cfg.dataset, train=True).to(device)
-    test_split = load_split(cfg.dataset, train=False).to(device)
+    if world_size > 1:
+        device = distributed.start(device)
+    seed_everything(cfg.seed)
+    batches, test = build_data(cfg, device, rank, world_size)
     model = get_model(cfg.model.name, num_classes=cfg.dataset.num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     resume = state["resume"] if state else None
-    history = History(out_dir / "history.csv", list(prunable_layers(model)), resume["history"] if resume else None)
-    trainer = Trainer(model, ShuffledBatches(train_split, cfg.dataset.batch_size, cfg.seed), test_split, cfg,
-                      history, out_dir)
+    main = rank == 0
+    history = History(out_dir / "history.csv" if main else None, list(prunable_layers(model)),
+                      resume["history"] if resume else None)
+    trainer = Trainer(model, batches, test, cfg, history, out_dir, device, main)
     try:
         with trainer.catching_signals():
             final = stages(trainer, cfg, state)
         report = trainer.report("completed", final=final)
+        if world_size > 1:
+            report["distributed"] = {"world_size": world_size, "ranks_identical": distributed.ranks_agree(model)}
     except Stop as stop:
         log.error("%s", stop)
-        write_reports(out_dir, trainer.report(stop.status, error=str(stop)))
+        if main:
+            write_reports(out_dir, trainer.report(stop.status, error=str(stop)))
         raise
     except Exception as e:  # a bug or a broken device: report it, then let it surface
-        write_reports(out_dir, trainer.report("failed", error=f"{type(e).__name__}: {e}"))
+        if main:
+            write_reports(out_dir, trainer.report("failed", error=f"{type(e).__name__}: {e}"))
         raise
     finally:
         history.close()
-    write_reports(out_dir, report)
+        distributed.stop()
+    if main:
+        write_reports(out_dir, report)
     return report
 
 
@@ -332,6 +420,7 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
     model = trainer.model
     surgery_lr = cfg.surgery.lr if cfg.surgery.lr is not None else cfg.optimizer.lr
     finetune_lr = cfg.finetune.lr if cfg.finetune.lr is not None else surgery_lr
+    phases = surgery_phases(cfg, {name: layer_kind(m) for name, m in prunable_layers(model).items()})
     if state is not None:
         model.load_state_dict(state["state_dict"])
 
@@ -348,10 +437,11 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
                 trainer.load_state(state["resume"])
             trainer.run_stage("reference", cfg.optimizer.lr, 0, cfg.reference.iters)
         trainer.surgeon = build_surgeon(model, cfg, initial_masks)
-        trainer.reference_error = trainer.test_error = evaluate(model, trainer.test, cfg.dataset.test_batch_size)
+        trainer.evaluate()
+        trainer.reference_error, trainer.reference_top5 = trainer.test_error, trainer.test_top5
         trainer.save("reference", "reference")
         log.info("reference: test error %.2f%%", 100 * trainer.reference_error)
-        trainer.surgeon.start()
+        trainer.begin_phase(0, phases[0])
         trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr)
         trainer.stage, trainer.iteration = "surgery", 0
         trainer._reset_running_sums()
@@ -361,10 +451,18 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer.surgeon.load_layer_settings(state["layers"])
         trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr)
         trainer.load_state(state["resume"])
+        begun = phases[trainer.phase]
+        trainer.surgeon.active, trainer.surgeon.gamma, trainer.surgeon.power = set(begun.c), begun.gamma, begun.power
+    trainer.net = distributed.wrap(model, trainer.device)  # the masks' parametrizations changed the parameters
 
-    # (2) surgery and (3) fine-tuning are one optimizer run, as in the authors' Caffe runs where
+    # (2) surgery, phase by phase, and (3) fine-tuning are one optimizer run, as in the authors' Caffe runs where
     # iter_stop freezes the masks partway: the learning rate and momentum carry on into fine-tuning.
-    trainer.run_stage("surgery", surgery_lr, 0, cfg.surgery.iters)
+    for index, phase in enumerate(phases):
+        if trainer.stage == "surgery" and index > trainer.phase:
+            trainer.begin_phase(index, phase)
+            trainer.checkpoint()
+        trainer.run_stage("surgery", surgery_lr, phase.first, phase.iters, phase)
+        trainer.end_phase(index, phase)
     if trainer.stage == "surgery":
         trainer.stage, trainer.iteration = "finetune", cfg.surgery.iters
         trainer.checkpoint()

@@ -1,9 +1,13 @@
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +27,23 @@ def dns_train_argv(*args: str) -> list[str]:
     return [str(exe) if exe.exists() else "dns-train", *args]
 
 
+CLASSES = ("n01440764", "n01443537", "n01484850")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """root/{train,val}/<class>/*.JPEG: 3 classes of 4 training and 2 validation 64×48 noise images."""
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for name in CLASSES:
+            folder = tmp_path / "imagenet" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (48, 64, 3), generator=gen, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{name}_{i}.JPEG")
+    return tmp_path / "imagenet"
+
+
 @pytest.fixture
 def dns_train(data_root, tmp_path):
     """Run the installed `dns-train` in a fresh working directory; returns the CompletedProcess."""
@@ -40,3 +61,33 @@ def start_dns_train(data_root, tmp_path):
         return subprocess.Popen(dns_train_argv(*args), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
     return start
+
+
+def outcome(run_dir):
+    """What must not depend on an interruption: final weights and masks, the report's numbers, the history."""
+    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)
+    report = json.loads((run_dir / "report.json").read_text())
+    return (final["state_dict"], final["masks"], final["layers"], report["status"], report["layers"], report["test"],
+            report["total"], (run_dir / "history.csv").read_text())
+
+
+def assert_identical(a, b):
+    for x, y in zip(a, b):
+        if isinstance(x, dict) and x and isinstance(next(iter(x.values())), torch.Tensor):
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)  # bitwise
+        else:
+            assert x == y
+
+
+def wait_for_surgery_checkpoint(process, run_dir, iteration: int) -> None:
+    """Block until the run has checkpointed surgery iteration >= `iteration` (it goes on running meanwhile)."""
+    latest = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        if latest.is_file():
+            resume = torch.load(latest, weights_only=True)["resume"]
+            if resume["stage"] == "surgery" and resume["iteration"] >= iteration:
+                return
+        time.sleep(0.05)
+    pytest.fail("the run never reached surgery")

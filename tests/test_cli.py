@@ -23,6 +23,7 @@ def bad_files(tmp_path_factory, data_root):
     from dns.checkpoint import save_checkpoint
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
+    from PIL import Image
 
     import dns.cli  # noqa: F401  (registers the config schemas)
     from dns.models import get_model
@@ -37,6 +38,10 @@ def bad_files(tmp_path_factory, data_root):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         (raw / name).symlink_to(data_root / "MNIST" / "raw" / name)
     (raw / "t10k-labels-idx1-ubyte").write_bytes((data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()[:5000])
+    for split in ("train", "val"):  # an ImageFolder of two classes, one image each
+        for name in ("n01440764", "n01443537"):
+            (root / "imagenet" / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(root / "imagenet" / split / name / "a.JPEG")
     # a run directory whose checkpoint was made with surgery.c=2
     with initialize_config_module(config_module="dns.conf", version_base="1.3"):
         saved = asdict(OmegaConf.to_object(compose(config_name="config", overrides=["surgery.c=2"])))
@@ -76,6 +81,17 @@ BAD_INPUT = [
     (["resume=true", "hydra.run.dir=/nonexistent/run"], "resume=true: there is no run directory /nonexistent/run"),
     (["resume=true", "surgery.c=3", "hydra.run.dir={files}/run"], "was run with surgery.c=2.0, not 3.0"),
     (["-m", "surgery.c=1,2", "surgery.margin=2"], "surgery.margin=2.0 must lie in [0, 1)"),
+    (["surgery.phases=[{layers:[fc9],iters:10}]"], "surgery.phases[0].layers: no layer named 'fc9'"),
+    (["surgery.phases=[{layers:conv,iters:-5}]"], "surgery.phases[0].iters=-5 is negative"),
+    (["amp=true", "device=cpu"], "amp=true and channels_last=true need a CUDA device: drop them on CPU"),
+    (["dataset.pixels=bgr"], "dataset.pixels='bgr': use torchvision or caffe"),
+    (["model=alexnet"], "alexnet takes (3, 227, 227) inputs, mnist gives (1, 28, 28): pick a model for this dataset"),
+    (["model=alexnet", "dataset=imagenet", "dataset.root={files}/mnist"], "imagenet: {files}/mnist/train is missing"),
+    (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet", "dataset.num_classes=1"],
+     "dataset.num_classes=1, but {files}/imagenet/train holds 2 class folders: set dataset.num_classes=2"),
+    (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet", "dataset.num_classes=2"],
+     "{files}/imagenet/train holds fewer images than a batch of dataset.batch_size=256"),
+    (["experiment=paper_alexnet", "dataset.root={files}/imagenet"], "bvlc_alexnet.pt: no such file"),
 ]
 
 
@@ -85,6 +101,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(dns_train, tmp_path, ba
     result = dns_train(*(a.replace("{files}", str(bad_files)) for a in args))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
+    message = message.replace("{files}", str(bad_files))
     assert len(lines) == 1 and lines[0].startswith("dns-train: error: ") and message in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []  # no run directory, no outputs/
     assert sorted(bad_files.rglob("*")) == before  # nor anything beside the files it was given

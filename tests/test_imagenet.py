@@ -1,32 +1,20 @@
 """ImageNet-layout data on a tiny ImageFolder of real JPEG files, and the top-k errors."""
 
+import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from PIL import Image
 
 from dns.config import ConfigError, register_configs, validate
 from dns.evaluate import evaluate_batches, topk_errors
 from dns.imagenet import ImageFolderBatches, check_image_folder, eval_batches
 from dns.models import get_model
 
-CLASSES = ("n01440764", "n01443537", "n01484850")
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    """root/{train,val}/<class>/*.JPEG: 3 classes of 4 training and 2 validation 64×48 noise images."""
-    gen = torch.Generator().manual_seed(0)
-    for split, count in (("train", 4), ("val", 2)):
-        for label, name in enumerate(CLASSES):
-            folder = tmp_path / "imagenet" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.randint(0, 256, (48, 64, 3), generator=gen, dtype=torch.uint8)
-                Image.fromarray(pixels.numpy()).save(folder / f"{name}_{i}.JPEG")
-    return tmp_path / "imagenet"
+from conftest import CLASSES, dns_train_argv
 
 
 def labels_of(batches, n):
@@ -159,3 +147,32 @@ def test_the_default_root_is_imagenet_under_dns_data(monkeypatch, tmp_path):
     monkeypatch.setenv("DNS_DATA", str(tmp_path))
     with pytest.raises(ConfigError, match=f"{tmp_path}/imagenet/train is missing"):
         validate(compose_config())
+
+
+def test_alexnet_runs_end_to_end_on_an_image_folder(image_folder, dns_train, tmp_path):
+    dataset = [f"dataset.root={image_folder}", "dataset.num_classes=3", "dataset.test_batch_size=3",
+               "dataset.workers=0"]
+    result = dns_train("model=alexnet", "dataset=imagenet", *dataset, "dataset.batch_size=4", "reference.iters=2",
+                       "surgery.phases=[{layers:conv,iters:2},{layers:fc,iters:2}]", "finetune.iters=1",
+                       "checkpoint.every=0", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert (report["status"], report["model"], report["dataset"]) == ("completed", "alexnet", "imagenet")
+    names = [layer["name"] for layer in report["layers"]]
+    assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    assert report["layers"][-1]["params"] == 4096 * 3 + 3  # fc8 as wide as the class folders
+    test = report["test"]
+    assert test["final_top5_error"] == test["reference_top5_error"] == 0  # 3 classes: always in the top 5
+    assert test["final_error"] in {k / 6 for k in range(7)}  # 6 validation images
+    conv, fc = report["phases"]
+    assert conv["remaining_pct"]["conv1"] < 100 and conv["remaining_pct"]["fc6"] == 100
+    assert fc["remaining_pct"]["fc6"] < 100 and fc["remaining_pct"]["conv1"] == conv["remaining_pct"]["conv1"]
+    assert "Top-5 error" in (run / "report.md").read_text() and (run / "plots" / "remaining.png").is_file()
+
+    dns_eval = str(Path(dns_train_argv()[0]).with_name("dns-eval"))
+    evaluated = subprocess.run([dns_eval, str(run / "checkpoints" / "final.pt"), "dataset=imagenet", *dataset, "--json"],
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads(evaluated.stdout)["test"]
+    assert (again["final_error"], again["final_top5_error"]) == (test["final_error"], test["final_top5_error"])

@@ -2,43 +2,13 @@
 
 import json
 import signal
-import time
 
 import pytest
 import torch
+from conftest import assert_identical, dns_train_argv, outcome, wait_for_surgery_checkpoint
 
 SURGERY = ["model=lenet300", "reference.iters=200", "surgery.iters=1200", "finetune.iters=200", "surgery.c=2",
            "eval_every=400", "log_every=50", "checkpoint.every=50"]
-
-
-def outcome(run_dir):
-    """What must not depend on an interruption: final weights and masks, the report's numbers, the history."""
-    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)
-    report = json.loads((run_dir / "report.json").read_text())
-    return (final["state_dict"], final["masks"], final["layers"], report["status"], report["layers"], report["test"],
-            report["total"], (run_dir / "history.csv").read_text())
-
-
-def assert_identical(a, b):
-    for x, y in zip(a, b):
-        if isinstance(x, dict) and x and isinstance(next(iter(x.values())), torch.Tensor):
-            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)  # bitwise
-        else:
-            assert x == y
-
-
-def wait_for_surgery_checkpoint(process, run_dir, iteration: int) -> None:
-    """Block until the run has checkpointed surgery iteration >= `iteration` (it goes on running meanwhile)."""
-    latest = run_dir / "checkpoints" / "latest.pt"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
-        if latest.is_file():
-            resume = torch.load(latest, weights_only=True)["resume"]
-            if resume["stage"] == "surgery" and resume["iteration"] >= iteration:
-                return
-        time.sleep(0.05)
-    pytest.fail("the run never reached surgery")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +17,6 @@ def straight(tmp_path_factory, data_root):
     import os
     import subprocess
 
-    from conftest import dns_train_argv
 
     cwd = tmp_path_factory.mktemp("straight")
     result = subprocess.run(dns_train_argv(*SURGERY, "hydra.run.dir=run"), cwd=cwd, capture_output=True, text=True,

@@ -9,7 +9,7 @@ from dns.config import RunConfig
 from dns.models import get_model
 from dns.report import layer_rows, totals
 from dns.surgeon import Surgeon, select_layers
-from dns.train import build_surgeon
+from dns.train import build_surgeon, surgery_phases
 
 KINDS = {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc"}
 
@@ -132,14 +132,62 @@ def test_unmasked_biases_count_in_full():
     assert total["remaining"] == 4952 + 410 and total["weight_remaining"] == 4952
 
 
-def test_per_layer_c_and_iter_stop_override_the_defaults():
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), {
+def lenet5_config(**surgery) -> RunConfig:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), {
         "model": {"name": "lenet5"}, "dataset": {"name": "mnist"}, "optimizer": {}, "lr_policy": {},
-        "surgery": {"iters": 500, "c": 1.5, "c_per_layer": {"fc1": 4.0}, "iter_stop_per_layer": {"fc1": 300},
-                    "layers": ["conv2", "fc"]}}))
+        "surgery": surgery}))
+
+
+def begin(surgeon, phase):
+    surgeon.begin_phase(phase.c, phase.iter_stop, phase.gamma, phase.power)
+
+
+def test_per_layer_c_and_iter_stop_override_the_defaults():
+    cfg = lenet5_config(iters=500, c=1.5, c_per_layer={"fc1": 4.0}, iter_stop_per_layer={"fc1": 300},
+                        layers=["conv2", "fc"])
     surgeon = build_surgeon(get_model("lenet5"), cfg, None)
+    [phase] = surgery_phases(cfg, KINDS)
+    begin(surgeon, phase)
     settings = {layer.name: (layer.c, layer.iter_stop) for layer in surgeon.layers if layer.under_surgery}
     assert settings == {"conv2": (1.5, 500), "fc1": (4.0, 300), "fc2": (1.5, 500)}
+    assert surgeon.active == {"conv2", "fc1", "fc2"}
+
+
+def test_phases_follow_each_other_and_the_most_specific_setting_wins():
+    cfg = lenet5_config(c=1.5, gamma=1e-4, c_per_layer={"fc2": 3.0}, phases=[
+        {"layers": "conv", "iters": 300, "c": 0.5},
+        {"layers": ["fc1", "fc2"], "iters": 200, "iter_stop": 150, "gamma": 0.0, "c_per_layer": {"fc1": 4.0}}])
+    first, second = surgery_phases(cfg, KINDS)
+    assert (first.first, first.iters, second.first, second.iters) == (0, 300, 300, 200)
+    assert first.c == {"conv1": 0.5, "conv2": 0.5} and first.iter_stop == {"conv1": 300, "conv2": 300}
+    assert second.c == {"fc1": 4.0, "fc2": 3.0} and second.iter_stop == {"fc1": 150, "fc2": 150}
+    assert (first.gamma, second.gamma, first.label) == (1e-4, 0.0, "conv1,conv2")
+
+
+def test_a_phase_operates_on_its_layers_and_leaves_the_others_masks_as_they_were():
+    torch.manual_seed(0)
+    model = get_model("lenet5")
+    surgeon = Surgeon(model, c={}, iter_stop={}, gamma=0.0)  # gamma 0: the gate is always open
+    conv, fc = surgery_phases(lenet5_config(c=1.0, phases=[{"layers": "conv", "iters": 5},
+                                                           {"layers": "fc", "iters": 5}]), KINDS)
+    begin(surgeon, conv)
+    surgeon.step(0)
+    by_name = {layer.name: layer for layer in surgeon.layers}
+    assert all(by_name[n].remaining() < by_name[n].param_count() for n in ("conv1", "conv2"))
+    assert all(by_name[n].remaining() == by_name[n].param_count() and by_name[n].a is None for n in ("fc1", "fc2"))
+    conv_masks = {n: by_name[n].masks["weight"].clone() for n in ("conv1", "conv2")}
+    conv_thresholds = {n: (by_name[n].a, by_name[n].b) for n in ("conv1", "conv2")}
+
+    begin(surgeon, fc)
+    with torch.no_grad():  # weights move on while the conv masks are frozen: they must not follow
+        for n in ("conv1", "conv2"):
+            getattr(model, n).parametrizations.weight.original.mul_(3.0)
+    for i in range(3):
+        surgeon.step(i)
+    assert all(by_name[n].remaining() < by_name[n].param_count() for n in ("fc1", "fc2"))
+    for n in ("conv1", "conv2"):
+        assert torch.equal(by_name[n].masks["weight"], conv_masks[n])
+        assert (by_name[n].a, by_name[n].b) == conv_thresholds[n]
 
 
 @pytest.mark.parametrize("seed", range(5))
