@@ -63,6 +63,14 @@ def start_dns_train(data_root, tmp_path):
     return start
 
 
+def completed_run(folder: Path, data_root: Path, *args: str) -> Path:
+    """Run the installed `dns-train` with `args` to its end in `folder`; returns the run directory."""
+    result = subprocess.run(dns_train_argv(*args, "hydra.run.dir=run"), cwd=folder, capture_output=True, text=True,
+                            env={**os.environ, "DNS_DATA": str(data_root)}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
 def outcome(run_dir):
     """What must not depend on an interruption: final weights and masks, the report's numbers, the history."""
     final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)

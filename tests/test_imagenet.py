@@ -136,11 +136,11 @@ def compose_config(*overrides):
 
 
 def test_validate_accepts_an_image_folder_and_names_a_broken_one(image_folder):
-    run = validate(compose_config(f"dataset.root={image_folder}"))
+    run = validate(compose_config(f"dataset.root={image_folder}", "dataset.batch_size=4"))
     assert (run.dataset.name, run.dataset.num_classes, run.dataset.root) == ("imagenet", 1000, str(image_folder))
     shutil.rmtree(image_folder / "val" / CLASSES[2])
     with pytest.raises(ConfigError, match=f"class folders of {image_folder}/train and {image_folder}/val differ"):
-        validate(compose_config(f"dataset.root={image_folder}"))
+        validate(compose_config(f"dataset.root={image_folder}", "dataset.batch_size=4"))
 
 
 def test_the_default_root_is_imagenet_under_dns_data(monkeypatch, tmp_path):

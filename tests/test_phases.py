@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import assert_identical, dns_train_argv, outcome, wait_for_surgery_checkpoint
+from conftest import assert_identical, completed_run, outcome, wait_for_surgery_checkpoint
 
 from dns.report import read_history
 
@@ -14,14 +14,7 @@ PHASED = ["model=lenet300", "reference.iters=200", "finetune.iters=100", "eval_e
 @pytest.fixture(scope="module")
 def phased(tmp_path_factory, data_root):
     """An uninterrupted phased run: its run directory."""
-    import os
-    import subprocess
-
-    cwd = tmp_path_factory.mktemp("phased")
-    result = subprocess.run(dns_train_argv(*PHASED, "hydra.run.dir=run"), cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "DNS_DATA": str(data_root)}, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return cwd / "run"
+    return completed_run(tmp_path_factory.mktemp("phased"), data_root, *PHASED)
 
 
 def test_each_phase_operates_on_its_layers_alone_and_the_reports_show_it(phased):

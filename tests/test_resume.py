@@ -5,7 +5,7 @@ import signal
 
 import pytest
 import torch
-from conftest import assert_identical, dns_train_argv, outcome, wait_for_surgery_checkpoint
+from conftest import assert_identical, completed_run, outcome, wait_for_surgery_checkpoint
 
 SURGERY = ["model=lenet300", "reference.iters=200", "surgery.iters=1200", "finetune.iters=200", "surgery.c=2",
            "eval_every=400", "log_every=50", "checkpoint.every=50"]
@@ -14,15 +14,7 @@ SURGERY = ["model=lenet300", "reference.iters=200", "surgery.iters=1200", "finet
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data_root):
     """The uninterrupted run every resumed one must equal."""
-    import os
-    import subprocess
-
-
-    cwd = tmp_path_factory.mktemp("straight")
-    result = subprocess.run(dns_train_argv(*SURGERY, "hydra.run.dir=run"), cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "DNS_DATA": str(data_root)}, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return outcome(cwd / "run")
+    return outcome(completed_run(tmp_path_factory.mktemp("straight"), data_root, *SURGERY))
 
 
 def test_sigkill_in_surgery_then_resume_ends_bitwise_identical(straight, start_dns_train, dns_train, tmp_path):
