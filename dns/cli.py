@@ -147,10 +147,11 @@ RESUME_MAY_CHANGE = {"resume", "dataset.root", "dataset.workers", "checkpoint.ev
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """'key=saved, not current' for every leaf where two nested config dicts differ."""
+    """'key=saved, not current' for every leaf of `saved` that `current` differs in (settings added to dns
+    since the run was saved are not compared)."""
     found = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
+    for key in sorted(saved):
+        a, b = saved[key], current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             found += config_differences(a, b, f"{prefix}{key}.")
         elif a != b:

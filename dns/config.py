@@ -99,6 +99,7 @@ class SurgeryConfig:
     prune_bias: bool = True
     layers: Any = "all"  # all | conv | fc | a list of those and layer names
     min_remaining: float = 0.0  # fraction of each layer's weights always kept (the largest |w|), so none is cut
+    min_remaining_per_layer: Dict[str, float] = layer_dict(float)  # {fc3: 0.05, ...} overrides min_remaining
     # phases one after the other (e.g. conv, then fc); the other layers keep their masks meanwhile.
     # Empty: one phase of all of the above. Given: surgery.iters is the sum of their iters.
     phases: List[PhaseConfig] = field(default_factory=list)
@@ -185,7 +186,9 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         require(value is None or value > 0, f"{key}={value} must be > 0")
     require(0 <= run.optimizer.momentum < 1, f"optimizer.momentum={run.optimizer.momentum} must lie in [0, 1)")
     require(0 <= s.margin < 1, f"surgery.margin={s.margin} must lie in [0, 1)")
-    require(0 <= s.min_remaining <= 1, f"surgery.min_remaining={s.min_remaining} must lie in [0, 1]")
+    for key, value in [("surgery.min_remaining", s.min_remaining),
+                       *((f"surgery.min_remaining_per_layer.{n}", v) for n, v in s.min_remaining_per_layer.items())]:
+        require(0 <= value <= 1, f"{key}={value} must lie in [0, 1]")
     require(s.iter_stop is None or s.iter_stop >= 0, f"surgery.iter_stop={s.iter_stop} is negative: give a value >= 0")
     for name, value in s.iter_stop_per_layer.items():
         require(value >= 0, f"surgery.iter_stop_per_layer.{name}={value} is negative: give a value >= 0")
@@ -206,7 +209,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         select_layers(s.layers, kinds)
     except ValueError as e:
         raise ConfigError(f"surgery.layers: {e}") from None
-    for key in ("c_per_layer", "iter_stop_per_layer"):
+    for key in ("c_per_layer", "iter_stop_per_layer", "min_remaining_per_layer"):
         for name in getattr(s, key):
             require(name in kinds, f"surgery.{key} names {name!r}, which is no layer of {run.model.name} "
                                    f"(layers: {', '.join(kinds)})")

@@ -95,8 +95,8 @@ class Surgeon:
         iter_stop: per-layer iteration from which that layer's mask is frozen.
         margin, gamma, power: the hysteresis margin t and the sigma(i) schedule.
         seed: seeds the gate's draws, one uniform draw per layer per iteration.
-        min_remaining: fraction of each layer's weights that always stays (the largest |w|), so that no
-            layer is cut off entirely; 0 leaves the rule alone.
+        min_remaining: per layer (name -> fraction), the fraction of its weights that always stays (the
+            largest |w|), so that the layer is never cut off entirely; 0 or absent leaves the rule alone.
         initial_masks: masks to start from ('fc1.weight' -> tensor), e.g. from a checkpoint.
     """
 
@@ -108,7 +108,7 @@ class Surgeon:
     power: float = 1.0
     prune_bias: bool = True
     seed: int = 0
-    min_remaining: float = 0.0
+    min_remaining: dict[str, float] = field(default_factory=dict)
     initial_masks: dict[str, torch.Tensor] | None = None
     layers: list[LayerState] = field(init=False)
     active: set[str] = field(init=False)  # the layers whose masks `step` re-decides (the current phase's)
@@ -169,8 +169,9 @@ class Surgeon:
                 continue
             for key, mask in layer.masks.items():
                 pruned, spliced = apply_rule_(layer.params[key], mask, layer.a, layer.b)
-                if key == "weight" and self.min_remaining > 0:
-                    spliced += keep_largest_(layer.params[key], mask, math.ceil(self.min_remaining * mask.numel()))
+                keep = self.min_remaining.get(layer.name, 0.0)
+                if key == "weight" and keep > 0:
+                    spliced += keep_largest_(layer.params[key], mask, math.ceil(keep * mask.numel()))
                 layer.pruned += pruned
                 layer.spliced += spliced
             updated += 1

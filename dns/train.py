@@ -106,9 +106,9 @@ def surgery_phases(cfg: RunConfig, kinds: dict[str, str]) -> list[Phase]:
 def build_surgeon(model: nn.Module, cfg: RunConfig, initial_masks: dict | None) -> Surgeon:
     """Masks on every prunable layer; which layers it operates on is set per phase (`begin_phase`)."""
     s = cfg.surgery
+    keep = {name: s.min_remaining_per_layer.get(name, s.min_remaining) for name in prunable_layers(model)}
     return Surgeon(model, c={}, iter_stop={}, margin=s.margin, gamma=s.gamma, power=s.power,
-                   prune_bias=s.prune_bias, seed=cfg.seed + 1, min_remaining=s.min_remaining,
-                   initial_masks=initial_masks)
+                   prune_bias=s.prune_bias, seed=cfg.seed + 1, min_remaining=keep, initial_masks=initial_masks)
 
 
 def first_non_finite(model: nn.Module, images: torch.Tensor) -> str:

@@ -71,6 +71,8 @@ BAD_INPUT = [
     (["surgery.c_per_layer={fc9:1}"], "surgery.c_per_layer names 'fc9', which is no layer of lenet5"),
     (["model=lenet300", "surgery.c_per_layer={conv1:1}"], "names 'conv1', which is no layer of lenet300"),
     (["surgery.layers=[conv1,fc7]"], "no layer named 'fc7'"),
+    (["surgery.min_remaining_per_layer={fc9:0.1}"], "surgery.min_remaining_per_layer names 'fc9'"),
+    (["surgery.min_remaining_per_layer={fc1:2}"], "surgery.min_remaining_per_layer.fc1=2.0 must lie in [0, 1]"),
     (["dataset.root=/nonexistent", "dataset.download=false"], "/nonexistent/MNIST/raw lacks"),
     (["dataset.root={files}/mnist", "dataset.download=false"],
      "t10k-labels-idx1-ubyte is truncated or corrupt (5,000 bytes, its header says 10,008)"),

@@ -68,9 +68,11 @@ def test_a_layer_cut_to_nothing_is_flagged_and_min_remaining_prevents_it(dns_tra
     assert [layer["cut"] for layer in report["layers"]] == [True, True, True]
     assert report["warnings"][0].startswith("fc1 has no weight left at surgery iteration")
 
-    assert dns_train(*quick, "surgery.min_remaining=0.01", "hydra.run.dir=kept").returncode == 0
+    result = dns_train(*quick, "surgery.min_remaining=0.01", "surgery.min_remaining_per_layer={fc3:0.2}",
+                       "hydra.run.dir=kept")
+    assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "kept" / "report.json").read_text())
-    assert [layer["weight_remaining"] for layer in report["layers"]] == [2352, 300, 10]  # ceil(1 % of weights)
+    assert [layer["weight_remaining"] for layer in report["layers"]] == [2352, 300, 200]  # 1 % of weights, fc3 20 %
     assert report["warnings"] == [] and not any(layer["cut"] for layer in report["layers"])
 
 

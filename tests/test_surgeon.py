@@ -222,7 +222,7 @@ def test_keep_largest_restores_the_largest_weights_only_when_too_few_remain():
 def test_min_remaining_keeps_a_layer_from_being_cut():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(20, 10))
-    surgeon = Surgeon(model, c={"0": 50.0}, iter_stop={"0": 10}, gamma=0.0, min_remaining=0.05)
+    surgeon = Surgeon(model, c={"0": 50.0}, iter_stop={"0": 10}, gamma=0.0, min_remaining={"0": 0.05})
     surgeon.start()
     surgeon.step(0)
     layer = surgeon.layers[0]
