@@ -25,12 +25,17 @@ for i in $(seq 1 "$N"); do
   sleep "$at"
   kill -KILL "$pid" 2> /dev/null || true
   wait "$pid" 2> /dev/null || true
-  where=$(python -c "
+  if [ -d "$run" ]; then
+    where=$(python -c "
 import torch, pathlib
 p = pathlib.Path('$run/checkpoints/latest.pt')
 r = torch.load(p, weights_only=True)['resume'] if p.exists() else None
 print('before the first checkpoint' if r is None else f\"last checkpoint: {r['stage']} iteration {r['iteration']}\")")
-  dns-train "${ARGS[@]}" hydra.run.dir="$run" resume=true >> "$run.log" 2>&1
+    dns-train "${ARGS[@]}" hydra.run.dir="$run" resume=true >> "$run.log" 2>&1 || true  # compare_runs judges
+  else  # killed while starting, before its run directory existed: nothing to resume, start it again
+    where="before its run directory existed, started again"
+    dns-train "${ARGS[@]}" hydra.run.dir="$run" >> "$run.log" 2>&1 || true
+  fi
   if verdict=$(python scripts/compare_runs.py "$WORK/straight" "$run"); then :; else failures=$((failures + 1)); fi
   echo "kill $i at ${at} s ($where), resumed: $verdict"
 done
