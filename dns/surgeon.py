@@ -181,18 +181,17 @@ class Surgeon:
 def apply_rule_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
     """`thresholds.update_mask` in place on a float 0/1 mask; returns (pruned, spliced) counts.
 
-    Written with float arithmetic only: on CPU, comparisons into bool tensors cost several times
-    more than these vectorised float ops. The counts come from two reductions:
-    kept before ∩ after = old·new, so pruned = Σold − old·new and spliced = Σnew − old·new.
+    Written with float outputs only: on CPU, comparisons into bool tensors cost several times more
+    than comparisons written into a float tensor. The counts come from three sums: before, after the
+    pruning (T·[|w| > a]), and after the splicing (max with [|w| > b]).
     """
     magnitude = weight.detach().abs()
-    above_a = (magnitude - a).clamp_(min=0).sign_()  # 1 where |w| > a
-    above_b = magnitude.sub_(b).clamp_(min=0).sign_()  # 1 where |w| > b
-    new = torch.maximum(above_a.mul_(mask), above_b)  # keep what was kept and is above a; add above b
-    old_count, new_count = mask.sum(), new.sum()
-    both = torch.dot(new.flatten(), mask.flatten())
-    mask.copy_(new)
-    return int(old_count - both), int(new_count - both)
+    scratch = torch.empty_like(mask)
+    before = mask.sum()
+    mask.mul_(torch.gt(magnitude, a, out=scratch))  # prune at or below a
+    kept = mask.sum()
+    torch.maximum(mask, torch.gt(magnitude, b, out=scratch), out=mask)  # splice above b
+    return int(before - kept), int(mask.sum() - kept)
 
 
 def keep_largest_(weight: torch.Tensor, mask: torch.Tensor, count: int) -> int:

@@ -1,6 +1,6 @@
 """Cost of a surgery training step against a dense one, measured side by side in one process.
 
-    python scripts/bench_step.py [--steps 2000] [--repeats 5] [--threads N]
+    python scripts/bench_step.py [--steps 2000] [--repeats 5] [--threads N] [--models lenet5 lenet300]
 
 For lenet5 and lenet300 it times the mean training step (forward, backward, SGD update, batch 64) of
   dense   the plain model, no masks (the reference stage);
@@ -85,13 +85,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--models", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
     print(f"{'model':<10}{'dense ms':>10}{'masked ms':>11}{'gated ms':>10}{'worst ms':>10}"
           f"{'masked/dense':>14}{'gated/dense':>13}{'worst/dense':>13}")
-    for name in RECIPES:
+    for name in args.models:
         t = bench(name, args.steps, args.repeats)
         print(f"{name:<10}{1e3 * t['dense']:>10.3f}{1e3 * t['masked']:>11.3f}{1e3 * t['gated']:>10.3f}"
               f"{1e3 * t['worst']:>10.3f}{t['masked'] / t['dense']:>14.3f}{t['gated'] / t['dense']:>13.3f}"
