@@ -84,25 +84,32 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
         if ref:
             rows.append({"network": ref["network"], "source": "paper (Guo et al. 2016)",
                          "reference_error": ref["reference_error"], "final_error": ref["error"],
-                         "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
+                         "final_top5_error": ref.get("top5_error"), "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
                          "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
         mine = [r for r in runs if r.completed and r.model == model]
         for run in mine:
             rep = run.report
             rows.append({"network": ref["network"] if ref else model, "source": label(run, root),
                          "reference_error": rep["test"]["reference_error"], "final_error": rep["test"]["final_error"],
-                         "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
+                         "final_top5_error": rep["test"].get("final_top5_error"), "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
                          "compression": rep["total"]["compression"],
                          "iterations": f"{rep['iterations']['reference'] / 1000:g}K → {dns_iterations(rep) / 1000:g}K"})
         for group in seed_groups(mine):
-            errors = [r.report["test"]["final_error"] for r in group]
+            tests = [r.report["test"] for r in group]
             ratios = [r.report["total"]["compression"] or 0.0 for r in group]
             rows.append({"network": ref["network"] if ref else model,
                          "source": f"mean ± std of {', '.join(label(r, root) for r in group)}",
-                         "reference_error": None, "final_error": (statistics.mean(errors), statistics.stdev(errors)),
-                         "params": None, "remaining": None,
-                         "compression": (statistics.mean(ratios), statistics.stdev(ratios)), "iterations": ""})
+                         "reference_error": None, "final_error": mean_std([t["final_error"] for t in tests]),
+                         "final_top5_error": mean_std([t.get("final_top5_error") for t in tests]), "params": None, "remaining": None,
+                         "compression": mean_std(ratios), "iterations": ""})
     return rows
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    """(mean, sample std) of two or more values; None if any is missing."""
+    if None in values:
+        return None
+    return statistics.mean(values), statistics.stdev(values)
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
@@ -150,6 +157,7 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
             "bytes_ratio_float16": rep.get("bytes", {}).get("ratio_float16"),
             "reference_error": rep.get("test", {}).get("reference_error"),
             "final_error": rep.get("test", {}).get("final_error"),
+            "final_top5_error": rep.get("test", {}).get("final_top5_error"),
             "reference_iters": rep.get("iterations", {}).get("reference"),
             "dns_iters": dns_iterations(rep) if run.completed else None,
             "pareto": front.get(id(run), False),
@@ -179,12 +187,16 @@ def _count(x) -> str:
 
 
 def markdown(runs: list[Run], root: Path) -> str:
+    rows = table1_rows(runs, root)
+    top5 = any(r["final_top5_error"] is not None for r in rows)  # a column only for ImageNet runs
     lines = ["# DNS runs against the paper", "", "## Table 1", "",
-             "| network | run | reference error | DNS error | parameters | remaining | compression | iterations (reference → DNS) |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in table1_rows(runs, root):
+             "| network | run | reference error | DNS error |" + (" DNS top-5 error |" if top5 else "")
+             + " parameters | remaining | compression | iterations (reference → DNS) |",
+             "|---|---|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---|"]
+    for r in rows:
         lines.append(f"| {r['network']} | {r['source']} | {_pct(r['reference_error'])} | {_pct(r['final_error'])} | "
-                     f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
+                     + (f"{_pct(r['final_top5_error'])} | " if top5 else "")
+                     + f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
     for model, (header, rows) in layer_rows_by_model(runs, root).items():
         network = paper.TABLE1.get(model, {}).get("network", model)
         lines += ["", f"## {network}: remaining % per layer (paper's Tables 2–3)", "",
