@@ -21,6 +21,18 @@ def test_forward_uses_the_masked_weight():
     assert out.tolist() == [[1.0, 3.5]]  # [1·1 + 0, 4·1 - 0.5]
 
 
+def test_forward_follows_the_mask_changed_in_place_or_loaded():
+    layer = linear([[1.0, -2.0], [3.0, 4.0]])
+    mask = attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert layer.weight.tolist() == [[1.0, 0.0], [0.0, 4.0]]
+    mask.copy_(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))  # what the surgeon does
+    assert layer.weight.tolist() == [[0.0, -2.0], [3.0, 4.0]]
+    state = layer.state_dict()
+    state["parametrizations.weight.0.mask"] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    layer.load_state_dict(state)  # what resuming from a checkpoint does
+    assert layer.weight.tolist() == [[1.0, -2.0], [0.0, 0.0]]
+
+
 def test_backward_is_straight_through_to_masked_weights():
     layer = linear([[1.0, 2.0], [3.0, 4.0]])
     attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
