@@ -139,10 +139,13 @@ def layer_rows_by_model(runs: list[Run], root: Path) -> dict[str, tuple[list[str
 
 
 def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
-    """One row per run, failed ones included; completed runs on the error-compression Pareto front are marked."""
-    done = [r for r in runs if r.completed]
-    front = dict(zip((id(r) for r in done), pareto_front(
-        [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
+    """One row per run, failed ones included; completed runs on their model's error-compression Pareto front
+    are marked (a LeNet-5 run does not push a LeNet-300-100 run off the front)."""
+    front = {}
+    for model in dict.fromkeys(r.model for r in runs if r.completed):
+        done = [r for r in runs if r.completed and r.model == model]
+        front.update(zip((id(r) for r in done), pareto_front(
+            [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
     rows = []
     for run in runs:
         rep = run.report or {}
@@ -204,7 +207,7 @@ def markdown(runs: list[Run], root: Path) -> str:
         for row in rows:
             cells = [row[0], f"{row[1]:,}"] + ["" if v is None else f"{v:.2f} %" for v in row[2:]]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Runs", "", "Pareto front (no other run is both more compressed and more accurate): ★", "",
+    lines += ["", "## Runs", "", "Pareto front (no other run of the same network is both more compressed and more accurate): ★", "",
               "| run | status | overrides | compression | bytes (float32 / float16) | DNS error | iterations (reference → DNS) | front |",
               "|---|---|---|---:|---:|---:|---|:-:|"]
     for r in sweep_rows(runs, root):

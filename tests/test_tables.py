@@ -9,13 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from dns.tables import pareto_front
+from dns.tables import Run, pareto_front, sweep_rows
 
 
 def test_pareto_front_keeps_the_undominated_points():
     # (compression, error): the second is beaten by the third in both; the last ties nobody
     points = [(10.0, 0.010), (20.0, 0.020), (30.0, 0.015), (5.0, 0.009), (30.0, 0.015)]
     assert pareto_front(points) == [True, False, True, True, True]
+
+
+def test_each_network_has_its_own_front():
+    def run(name, model, compression, error):
+        report = {"status": "completed", "model": model, "total": {"compression": compression},
+                  "test": {"final_error": error}, "iterations": {"reference": 10, "surgery": 20, "finetune": 5}}
+        return Run(Path(name), "completed", report, [])
+
+    runs = [run("a", "lenet5", 120.0, 0.010), run("b", "lenet300", 57.0, 0.021), run("c", "lenet300", 50.0, 0.025)]
+    # LeNet-5's run beats both LeNet-300-100 runs in both numbers, but only c is behind one of its own network
+    assert [r["pareto"] for r in sweep_rows(runs, Path("."))] == [True, True, False]
 
 
 @pytest.fixture(scope="module")
