@@ -84,14 +84,16 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
         if ref:
             rows.append({"network": ref["network"], "source": "paper (Guo et al. 2016)",
                          "reference_error": ref["reference_error"], "final_error": ref["error"],
-                         "final_top5_error": ref.get("top5_error"), "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
+                         "final_top5_error": ref.get("top5_error"),
+                         "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
                          "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
         mine = [r for r in runs if r.completed and r.model == model]
         for run in mine:
             rep = run.report
             rows.append({"network": ref["network"] if ref else model, "source": label(run, root),
                          "reference_error": rep["test"]["reference_error"], "final_error": rep["test"]["final_error"],
-                         "final_top5_error": rep["test"].get("final_top5_error"), "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
+                         "final_top5_error": rep["test"].get("final_top5_error"),
+                         "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
                          "compression": rep["total"]["compression"],
                          "iterations": f"{rep['iterations']['reference'] / 1000:g}K → {dns_iterations(rep) / 1000:g}K"})
         for group in seed_groups(mine):
@@ -100,7 +102,8 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
             rows.append({"network": ref["network"] if ref else model,
                          "source": f"mean ± std of {', '.join(label(r, root) for r in group)}",
                          "reference_error": None, "final_error": mean_std([t["final_error"] for t in tests]),
-                         "final_top5_error": mean_std([t.get("final_top5_error") for t in tests]), "params": None, "remaining": None,
+                         "final_top5_error": mean_std([t.get("final_top5_error") for t in tests]),
+                         "params": None, "remaining": None,
                          "compression": mean_std(ratios), "iterations": ""})
     return rows
 
@@ -190,13 +193,13 @@ def _count(x) -> str:
 
 
 def markdown(runs: list[Run], root: Path) -> str:
-    rows = table1_rows(runs, root)
-    top5 = any(r["final_top5_error"] is not None for r in rows)  # a column only for ImageNet runs
+    table1 = table1_rows(runs, root)
+    top5 = any(r["final_top5_error"] is not None for r in table1)  # a column only for ImageNet runs
     lines = ["# DNS runs against the paper", "", "## Table 1", "",
              "| network | run | reference error | DNS error |" + (" DNS top-5 error |" if top5 else "")
              + " parameters | remaining | compression | iterations (reference → DNS) |",
              "|---|---|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---|"]
-    for r in rows:
+    for r in table1:
         lines.append(f"| {r['network']} | {r['source']} | {_pct(r['reference_error'])} | {_pct(r['final_error'])} | "
                      + (f"{_pct(r['final_top5_error'])} | " if top5 else "")
                      + f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
@@ -207,7 +210,8 @@ def markdown(runs: list[Run], root: Path) -> str:
         for row in rows:
             cells = [row[0], f"{row[1]:,}"] + ["" if v is None else f"{v:.2f} %" for v in row[2:]]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Runs", "", "Pareto front (no other run of the same network is both more compressed and more accurate): ★", "",
+    lines += ["", "## Runs", "",
+              "Pareto front (no other run of the same network is both more compressed and more accurate): ★", "",
               "| run | status | overrides | compression | bytes (float32 / float16) | DNS error | iterations (reference → DNS) | front |",
               "|---|---|---|---:|---:|---:|---|:-:|"]
     for r in sweep_rows(runs, root):
