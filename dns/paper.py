@@ -12,7 +12,8 @@ TABLE1 = {
                  "remaining": 4_800, "compression": 56.0, "iterations": (10_000, 25_000)},
     # ILSVRC-2012 single-crop validation; the paper gives no top-5 error for the reference
     "alexnet": {"network": "AlexNet", "reference_error": 0.4342, "error": 0.4309, "top5_error": 0.1999,
-                "params": 60_965_224, "remaining": 3_450_000, "compression": 17.7, "iterations": (450_000, 700_000)},
+                "params": 60_965_224, "remaining": 3_450_000, "compression": 17.7,
+                "iterations": (450_000, 700_000)},
 }
 
 # Tables 2-3: remaining % per layer after DNS.

@@ -76,10 +76,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     return [not any(dominates(q, p) for q in points) for p in points]
 
 
+def completed_by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    """The completed runs grouped by model, models in order of first appearance."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.completed:
+            groups.setdefault(run.model, []).append(run)
+    return groups
+
+
 def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     """Per model: the paper's row, each completed run, and mean ± std when there are several."""
     rows = []
-    for model in dict.fromkeys(r.model for r in runs if r.completed):
+    for model, mine in completed_by_model(runs).items():
         ref = paper.TABLE1.get(model)
         if ref:
             rows.append({"network": ref["network"], "source": "paper (Guo et al. 2016)",
@@ -87,7 +96,6 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
                          "final_top5_error": ref.get("top5_error"),
                          "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
                          "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
-        mine = [r for r in runs if r.completed and r.model == model]
         for run in mine:
             rep = run.report
             rows.append({"network": ref["network"] if ref else model, "source": label(run, root),
@@ -127,8 +135,7 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
 def layer_rows_by_model(runs: list[Run], root: Path) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """Per model: column names and rows of remaining % per layer (paper, then each completed run)."""
     tables = {}
-    for model in dict.fromkeys(r.model for r in runs if r.completed):
-        mine = [r for r in runs if r.completed and r.model == model]
+    for model, mine in completed_by_model(runs).items():
         header = ["layer", "parameters", "paper"] + [label(r, root) for r in mine]
         rows = []
         for i, layer in enumerate(mine[0].report["layers"]):
@@ -145,8 +152,7 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     """One row per run, failed ones included; completed runs on their model's error-compression Pareto front
     are marked (a LeNet-5 run does not push a LeNet-300-100 run off the front)."""
     front = {}
-    for model in dict.fromkeys(r.model for r in runs if r.completed):
-        done = [r for r in runs if r.completed and r.model == model]
+    for done in completed_by_model(runs).values():
         front.update(zip((id(r) for r in done), pareto_front(
             [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
     rows = []
@@ -238,8 +244,7 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for model in dict.fromkeys(r.model for r in runs if r.completed):
-        mine = [r for r in runs if r.completed and r.model == model]
+    for model, mine in completed_by_model(runs).items():
         points = [(r.report["total"]["compression"] or 0.0, 100 * r.report["test"]["final_error"]) for r in mine]
         network = paper.TABLE1.get(model, {}).get("network", model)
         line = ax.scatter(*zip(*points), label=f"{network}: our runs", zorder=3)
