@@ -104,6 +104,7 @@ class SurgeryConfig:
     # Empty: one phase of all of the above. Given: surgery.iters is the sum of their iters.
     phases: List[PhaseConfig] = field(default_factory=list)
     lr: Optional[float] = None  # base learning rate of surgery and fine-tuning (None: optimizer.lr)
+    weight_decay: Optional[float] = None  # weight decay of surgery and fine-tuning (None: optimizer.weight_decay)
 
 
 @dataclass
@@ -173,10 +174,11 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     for key, value in [("reference.iters", run.reference.iters), ("surgery.iters", s.iters),
                        ("finetune.iters", run.finetune.iters), ("surgery.gamma", s.gamma),
                        ("surgery.power", s.power), ("optimizer.weight_decay", run.optimizer.weight_decay),
+                       ("surgery.weight_decay", s.weight_decay),
                        ("lr_policy.gamma", run.lr_policy.gamma), ("lr_policy.power", run.lr_policy.power),
                        ("seed", run.seed), ("checkpoint.every", run.checkpoint.every),
                        ("dataset.workers", run.dataset.workers)]:
-        require(value >= 0, f"{key}={value} is negative: give a value >= 0")
+        require(value is None or value >= 0, f"{key}={value} is negative: give a value >= 0")
     for key, value in [("optimizer.lr", run.optimizer.lr), ("surgery.lr", s.lr), ("finetune.lr", run.finetune.lr),
                        ("dataset.batch_size", run.dataset.batch_size),
                        ("dataset.test_batch_size", run.dataset.test_batch_size),

@@ -47,13 +47,16 @@ class CaffeSGD(torch.optim.Optimizer):
                 p.sub_(state["velocity"])
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, base_lr: float) -> torch.optim.Optimizer:
-    """The optimizer over all of the model's dense parameters; biases (the 1-d ones) at bias_lr_mult·lr."""
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, base_lr: float,
+                    weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer over all of the model's dense parameters; biases (the 1-d ones) at bias_lr_mult·lr.
+    `weight_decay` overrides cfg.weight_decay (the surgery's may differ from the reference's)."""
     weights = [p for p in model.parameters() if p.dim() > 1]
     biases = [p for p in model.parameters() if p.dim() == 1]
     groups = [dict(params=weights, lr_mult=1.0), dict(params=biases, lr_mult=cfg.bias_lr_mult)]
     cls = CaffeSGD if cfg.name == "caffe_sgd" else torch.optim.SGD
-    return cls(groups, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    decay = cfg.weight_decay if weight_decay is None else weight_decay
+    return cls(groups, lr=base_lr, momentum=cfg.momentum, weight_decay=decay)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
