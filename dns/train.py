@@ -420,7 +420,6 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
     model = trainer.model
     surgery_lr = cfg.surgery.lr if cfg.surgery.lr is not None else cfg.optimizer.lr
     finetune_lr = cfg.finetune.lr if cfg.finetune.lr is not None else surgery_lr
-    surgery_decay = cfg.surgery.weight_decay  # None: the optimizer's, as in the reference
     phases = surgery_phases(cfg, {name: layer_kind(m) for name, m in prunable_layers(model).items()})
     if state is not None:
         model.load_state_dict(state["state_dict"])
@@ -443,14 +442,14 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer.save("reference", "reference")
         log.info("reference: test error %.2f%%", 100 * trainer.reference_error)
         trainer.begin_phase(0, phases[0])
-        trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, surgery_decay)
+        trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
         trainer.stage, trainer.iteration = "surgery", 0
         trainer._reset_running_sums()
         trainer.checkpoint()
     else:  # resumed after the reference: the surgeon takes up the checkpoint's masks and thresholds
         trainer.surgeon = build_surgeon(model, cfg, state["masks"])
         trainer.surgeon.load_layer_settings(state["layers"])
-        trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, surgery_decay)
+        trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
         trainer.load_state(state["resume"])
         begun = phases[trainer.phase]
         trainer.surgeon.active, trainer.surgeon.gamma, trainer.surgeon.power = set(begun.c), begun.gamma, begun.power

@@ -62,9 +62,9 @@ def test_surgery_weight_decay_reaches_surgery_and_finetuning_alone(dns_train, tm
     plain, decayed = (torch.load(tmp_path / name / "checkpoints" / "latest.pt", weights_only=False)
                       for name in ("plain", "decayed"))
     assert {g["weight_decay"] for g in decayed["resume"]["optimizer"]["param_groups"]} == {0.5}
+    references = [torch.load(tmp_path / name / "checkpoints" / "reference.pt", weights_only=True)["state_dict"]
+                  for name in ("plain", "decayed")]
     for key in ("fc1.weight", "fc3.bias"):
-        before = torch.load(tmp_path / "decayed" / "checkpoints" / "reference.pt", weights_only=True)["state_dict"][key]
-        assert torch.equal(before, torch.load(tmp_path / "plain" / "checkpoints" / "reference.pt",
-                                              weights_only=True)["state_dict"][key])  # the reference: no decay
-        # 30 iterations of lr ~0.01 at decay 0.5 shrink the dense weights by about 14 %
+        assert torch.equal(references[0][key], references[1][key])  # the reference trains without the decay
+        # 30 iterations at lr ~0.01 and decay 0.5 shrink the dense weights by 14 % or more (momentum adds to it)
         assert decayed["state_dict"][key].norm() < 0.95 * plain["state_dict"][key].norm()
