@@ -4,12 +4,14 @@
 
 For lenet5 and lenet300 it times the mean training step (forward, backward, SGD update, batch 64) of
   dense   the plain model, no masks (the reference stage);
+  bare    the model with a `parametrize` parametrization on each weight and bias that returns it
+          unchanged: what the parametrization machinery alone costs, the floor of any mask built on it;
   masked  the masked model whose masks never change (fine-tuning): the cost of masking alone;
   gated   the masked model with the surgeon under the paper recipe's gate: iteration i runs over the
           surgery stage (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
   worst   the masked model updating every layer's mask at every step (gamma = 0).
-The three are interleaved over --repeats rounds and the median round is reported, so that drifts of
-the machine hit all three alike. The ratios gated/dense and worst/dense are printed.
+The five are interleaved over --repeats rounds and the median round is reported, so that drifts of
+the machine hit all five alike. The ratios gated/dense and worst/dense are printed.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import time
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from dns.models import get_model
+from dns.models import get_model, prunable_layers
 from dns.surgeon import Surgeon
 
 # the paper recipes' surgery stage: per-layer c and iter_stop of the authors' released models
@@ -29,6 +32,21 @@ RECIPES = {
     "lenet5": dict(c={"conv1": 2.0, "conv2": 3.0, "fc1": 4.0, "fc2": 2.5}, iter_stop=14000),
     "lenet300": dict(c={"fc1": 5.0, "fc2": 3.0, "fc3": 3.0}, iter_stop=20000),
 }
+
+
+class Unchanged(nn.Module):
+    """A parametrization that hands the parameter back as it is."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+
+def parametrized(model: nn.Module) -> nn.Module:
+    """`model` with an `Unchanged` parametrization on every prunable weight and bias."""
+    for module in prunable_layers(model).values():
+        for key in ("weight", "bias"):
+            parametrize.register_parametrization(module, key, Unchanged())
+    return model
 
 
 def make_step(model: nn.Module, surgeon: Surgeon | None, images, labels, iterations):
@@ -67,6 +85,7 @@ def bench(name: str, steps: int, repeats: int) -> dict[str, float]:
     masked_model, gated_model, worst_model = get_model(name), get_model(name), get_model(name)
     runs = {
         "dense": make_step(dense, None, images, labels, spread),
+        "bare": make_step(parametrized(get_model(name)), None, images, labels, spread),
         "masked": make_step(masked_model, surgeon_for(masked_model, 1e-4, stop=0), images, labels, spread),
         "gated": make_step(gated_model, surgeon_for(gated_model, 1e-4), images, labels, spread),
         "worst": make_step(worst_model, surgeon_for(worst_model, 0.0), images, labels, spread),
@@ -90,13 +109,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
-    print(f"{'model':<10}{'dense ms':>10}{'masked ms':>11}{'gated ms':>10}{'worst ms':>10}"
-          f"{'masked/dense':>14}{'gated/dense':>13}{'worst/dense':>13}")
+    print(f"{'model':<10}{'dense ms':>10}{'bare ms':>9}{'masked ms':>11}{'gated ms':>10}{'worst ms':>10}"
+          f"{'bare/dense':>12}{'masked/dense':>14}{'gated/dense':>13}{'worst/dense':>13}")
     for name in args.models:
         t = bench(name, args.steps, args.repeats)
-        print(f"{name:<10}{1e3 * t['dense']:>10.3f}{1e3 * t['masked']:>11.3f}{1e3 * t['gated']:>10.3f}"
-              f"{1e3 * t['worst']:>10.3f}{t['masked'] / t['dense']:>14.3f}{t['gated'] / t['dense']:>13.3f}"
-              f"{t['worst'] / t['dense']:>13.3f}")
+        print(f"{name:<10}{1e3 * t['dense']:>10.3f}{1e3 * t['bare']:>9.3f}{1e3 * t['masked']:>11.3f}"
+              f"{1e3 * t['gated']:>10.3f}{1e3 * t['worst']:>10.3f}{t['bare'] / t['dense']:>12.3f}"
+              f"{t['masked'] / t['dense']:>14.3f}{t['gated'] / t['dense']:>13.3f}{t['worst'] / t['dense']:>13.3f}")
 
 
 if __name__ == "__main__":
