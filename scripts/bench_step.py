@@ -11,7 +11,7 @@ For lenet5 and lenet300 it times the mean training step (forward, backward, SGD 
           surgery stage (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
   worst   the masked model updating every layer's mask at every step (gamma = 0).
 The five are interleaved over --repeats rounds and the median round is reported, so that drifts of
-the machine hit all five alike. The ratios gated/dense and worst/dense are printed.
+the machine hit all five alike. Each one's ratio to dense is printed.
 """
 
 from __future__ import annotations
