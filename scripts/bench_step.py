@@ -109,13 +109,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
-    print(f"{'model':<10}{'dense ms':>10}{'bare ms':>9}{'masked ms':>11}{'gated ms':>10}{'worst ms':>10}"
-          f"{'bare/dense':>12}{'masked/dense':>14}{'gated/dense':>13}{'worst/dense':>13}")
+    kinds = ("dense", "bare", "masked", "gated", "worst")
+    print(f"{'model':<10}" + "".join(f"{kind + ' ms':>11}" for kind in kinds)
+          + "".join(f"{kind + '/dense':>14}" for kind in kinds[1:]))
     for name in args.models:
         t = bench(name, args.steps, args.repeats)
-        print(f"{name:<10}{1e3 * t['dense']:>10.3f}{1e3 * t['bare']:>9.3f}{1e3 * t['masked']:>11.3f}"
-              f"{1e3 * t['gated']:>10.3f}{1e3 * t['worst']:>10.3f}{t['bare'] / t['dense']:>12.3f}"
-              f"{t['masked'] / t['dense']:>14.3f}{t['gated'] / t['dense']:>13.3f}{t['worst'] / t['dense']:>13.3f}")
+        print(f"{name:<10}" + "".join(f"{1e3 * t[kind]:>11.3f}" for kind in kinds)
+              + "".join(f"{t[kind] / t['dense']:>14.3f}" for kind in kinds[1:]))
 
 
 if __name__ == "__main__":
