@@ -41,6 +41,7 @@ class DatasetConfig:
     root: str = "${oc.env:DNS_DATA,./data}"  # holds <Name>/raw/ in torchvision's layout (imagenet: train/, val/)
     download: bool = True
     batch_size: int = 64
+    shuffle: bool = True  # False: file order every epoch, as Caffe reads its LMDB (mnist, fashion_mnist)
     test_batch_size: int = 1000
     num_classes: int = 10
     workers: int = 4  # imagenet: DataLoader worker processes that decode and augment the images
@@ -196,6 +197,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         require(value >= 0, f"surgery.iter_stop_per_layer.{name}={value} is negative: give a value >= 0")
     require(run.device == "auto" or run.device == "cpu" or run.device.startswith("cuda"),
             f"device={run.device!r}: use auto, cpu, cuda or cuda:N")
+    require(run.dataset.shuffle or run.dataset.name != "imagenet",
+            "dataset.shuffle=false reads MNIST-style data in file order; imagenet is always shuffled: drop it")
     require(run.dataset.pixels in ("torchvision", "caffe"),
             f"dataset.pixels={run.dataset.pixels!r}: use torchvision or caffe")
 

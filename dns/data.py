@@ -75,10 +75,14 @@ class ShuffledBatches:
 
     The tail of an epoch shorter than a batch is dropped, so every batch has `batch_size` samples.
     In a distributed run rank r of `world_size` takes the r-th of every world_size consecutive batches.
+    With `shuffle` False the samples come in file order, epoch after epoch, a batch running over the end
+    of one epoch into the next: how Caffe's data layer reads the MNIST LMDB the authors trained on.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
+        self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.position = 0
@@ -96,6 +100,12 @@ class ShuffledBatches:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         span = self.batch_size * self.world_size  # the batches of every rank, together
+        if not self.shuffle:
+            count = len(self.split.labels)
+            index = (self.position + self.rank * self.batch_size + torch.arange(self.batch_size)) % count
+            self.position = (self.position + span) % count
+            index = index.to(self.split.labels.device)
+            return self.split.images[index], self.split.labels[index]
         if self.position + span > len(self.order):
             self.order = torch.randperm(len(self.split.labels), generator=self.generator)
             self.position = 0

@@ -139,7 +139,8 @@ def build_data(cfg: RunConfig, device: torch.device, rank: int, world_size: int)
         batches = ImageFolderBatches(Path(d.root) / "train", d.batch_size, cfg.seed, d.image_size, d.workers,
                                      rank, world_size, d.pixels)
     else:
-        batches = ShuffledBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size)
+        batches = ShuffledBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size,
+                                  d.shuffle)
     return batches, evaluator(d, device)
 
 

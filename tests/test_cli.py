@@ -95,6 +95,8 @@ BAD_INPUT = [
     (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet", "dataset.num_classes=2"],
      "{files}/imagenet/train holds fewer images than a batch of dataset.batch_size=256"),
     (["experiment=paper_alexnet", "dataset.root={files}/imagenet"], "bvlc_alexnet.pt: no such file"),
+    (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet", "dataset.shuffle=false"],
+     "dataset.shuffle=false reads MNIST-style data in file order; imagenet is always shuffled"),
 ]
 
 

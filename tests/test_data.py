@@ -66,3 +66,17 @@ def test_batches_resume_at_the_next_batch_from_their_state():
     resumed = ShuffledBatches(split, batch_size=3, seed=7)
     resumed.load_state_dict(state)
     assert all(torch.equal(next(resumed)[1], labels) for labels in expected)
+
+
+def test_unshuffled_batches_read_the_file_order_across_epochs_like_caffe():
+    split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
+    batches = ShuffledBatches(split, batch_size=4, seed=1, shuffle=False)
+    labels = [next(batches)[1].tolist() for _ in range(4)]
+    # nothing dropped: the third batch runs over the end of the first epoch into the second
+    assert labels == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1], [2, 3, 4, 5]]
+    rank1 = ShuffledBatches(split, batch_size=2, seed=1, rank=1, world_size=2, shuffle=False)
+    assert [next(rank1)[1].tolist() for _ in range(3)] == [[2, 3], [6, 7], [0, 1]]
+    state = batches.state_dict()
+    resumed = ShuffledBatches(split, batch_size=4, seed=5, shuffle=False)
+    resumed.load_state_dict(state)
+    assert next(resumed)[1].tolist() == next(batches)[1].tolist() == [6, 7, 8, 9]
