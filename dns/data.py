@@ -70,8 +70,8 @@ def load_split(cfg: DatasetConfig, train: bool) -> Split:
     return Split(ds.data.unsqueeze(1).float().div_(256.0), ds.targets.long())
 
 
-class ShuffledBatches:
-    """Endless mini-batches of a split, reshuffled every epoch by a generator of its own.
+class SplitBatches:
+    """Endless mini-batches of an in-memory split, reshuffled every epoch by a generator of its own.
 
     The tail of an epoch shorter than a batch is dropped, so every batch has `batch_size` samples.
     In a distributed run rank r of `world_size` takes the r-th of every world_size consecutive batches.
@@ -100,16 +100,16 @@ class ShuffledBatches:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         span = self.batch_size * self.world_size  # the batches of every rank, together
-        if not self.shuffle:
-            count = len(self.split.labels)
+        count = len(self.split.labels)
+        if self.shuffle:
+            if self.position + span > len(self.order):
+                self.order = torch.randperm(count, generator=self.generator)
+                self.position = 0
+            start = self.position + self.rank * self.batch_size
+            index = self.order[start:start + self.batch_size]
+            self.position += span
+        else:
             index = (self.position + self.rank * self.batch_size + torch.arange(self.batch_size)) % count
             self.position = (self.position + span) % count
-            index = index.to(self.split.labels.device)
-            return self.split.images[index], self.split.labels[index]
-        if self.position + span > len(self.order):
-            self.order = torch.randperm(len(self.split.labels), generator=self.generator)
-            self.position = 0
-        start = self.position + self.rank * self.batch_size
-        index = self.order[start:start + self.batch_size].to(self.split.labels.device)
-        self.position += span
+        index = index.to(self.split.labels.device)
         return self.split.images[index], self.split.labels[index]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dns import distributed
 from dns.checkpoint import load_checkpoint, save_checkpoint
 from dns.config import RunConfig
-from dns.data import ShuffledBatches, load_split
+from dns.data import SplitBatches, load_split
 from dns.evaluate import TestFn, evaluator
 from dns.export import byte_report
 from dns.masks import mask_state_dict, plain_state_dict
@@ -139,8 +139,8 @@ def build_data(cfg: RunConfig, device: torch.device, rank: int, world_size: int)
         batches = ImageFolderBatches(Path(d.root) / "train", d.batch_size, cfg.seed, d.image_size, d.workers,
                                      rank, world_size, d.pixels)
     else:
-        batches = ShuffledBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size,
-                                  d.shuffle)
+        batches = SplitBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size,
+                               d.shuffle)
     return batches, evaluator(d, device)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dns.config import DatasetConfig
-from dns.data import ShuffledBatches, Split, load_split, prepare_dataset
+from dns.data import SplitBatches, Split, load_split, prepare_dataset
 
 
 def write_idx(path, data: torch.Tensor):
@@ -49,34 +49,34 @@ def test_missing_data_names_the_path_and_the_fix(tmp_path):
 
 def test_batches_cover_each_epoch_once_and_repeat_by_seed():
     split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
-    batches = ShuffledBatches(split, batch_size=3, seed=1)
+    batches = SplitBatches(split, batch_size=3, seed=1)
     epoch = torch.cat([next(batches)[1] for _ in range(3)])  # 9 of 10; the short tail is dropped
     assert len(set(epoch.tolist())) == 9
-    again = ShuffledBatches(split, batch_size=3, seed=1)
+    again = SplitBatches(split, batch_size=3, seed=1)
     assert torch.equal(torch.cat([next(again)[1] for _ in range(3)]), epoch)
 
 
 def test_batches_resume_at_the_next_batch_from_their_state():
     split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
-    batches = ShuffledBatches(split, batch_size=3, seed=1)
+    batches = SplitBatches(split, batch_size=3, seed=1)
     for _ in range(4):  # into the second epoch
         next(batches)
     state = batches.state_dict()
     expected = [next(batches)[1] for _ in range(4)]
-    resumed = ShuffledBatches(split, batch_size=3, seed=7)
+    resumed = SplitBatches(split, batch_size=3, seed=7)
     resumed.load_state_dict(state)
     assert all(torch.equal(next(resumed)[1], labels) for labels in expected)
 
 
 def test_unshuffled_batches_read_the_file_order_across_epochs_like_caffe():
     split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
-    batches = ShuffledBatches(split, batch_size=4, seed=1, shuffle=False)
+    batches = SplitBatches(split, batch_size=4, seed=1, shuffle=False)
     labels = [next(batches)[1].tolist() for _ in range(4)]
     # nothing dropped: the third batch runs over the end of the first epoch into the second
     assert labels == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1], [2, 3, 4, 5]]
-    rank1 = ShuffledBatches(split, batch_size=2, seed=1, rank=1, world_size=2, shuffle=False)
+    rank1 = SplitBatches(split, batch_size=2, seed=1, rank=1, world_size=2, shuffle=False)
     assert [next(rank1)[1].tolist() for _ in range(3)] == [[2, 3], [6, 7], [0, 1]]
     state = batches.state_dict()
-    resumed = ShuffledBatches(split, batch_size=4, seed=5, shuffle=False)
+    resumed = SplitBatches(split, batch_size=4, seed=5, shuffle=False)
     resumed.load_state_dict(state)
     assert next(resumed)[1].tolist() == next(batches)[1].tolist() == [6, 7, 8, 9]
