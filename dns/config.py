@@ -112,6 +112,7 @@ class SurgeryConfig:
 class FinetuneConfig:
     iters: int = 2000  # masks frozen; continues the surgery run's optimizer and learning rate
     lr: Optional[float] = None  # base learning rate from here on, same policy and counter (None: surgery's)
+    weight_decay: Optional[float] = None  # from here on (None: surgery's); masks are frozen, so it moves no mask
 
 
 @dataclass
@@ -175,7 +176,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     for key, value in [("reference.iters", run.reference.iters), ("surgery.iters", s.iters),
                        ("finetune.iters", run.finetune.iters), ("surgery.gamma", s.gamma),
                        ("surgery.power", s.power), ("optimizer.weight_decay", run.optimizer.weight_decay),
-                       ("surgery.weight_decay", s.weight_decay),
+                       ("surgery.weight_decay", s.weight_decay), ("finetune.weight_decay", run.finetune.weight_decay),
                        ("lr_policy.gamma", run.lr_policy.gamma), ("lr_policy.power", run.lr_policy.power),
                        ("seed", run.seed), ("checkpoint.every", run.checkpoint.every),
                        ("dataset.workers", run.dataset.workers)]:

@@ -38,8 +38,8 @@ def stop() -> None:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The module the training step calls: DDP over `model` in a distributed run, else `model` itself.
 
-    Called again once the masks are attached, since DDP fixes its parameter list when built. Buffers (the
-    masks) are not broadcast at every forward: they agree already, and AlexNet's would cost 244 MB a step.
+    The masks attached later leave the parameters as they are, so it stays valid. Buffers (the masks) are
+    not broadcast at every forward: they agree already, and AlexNet's would cost 244 MB a step.
     """
     if not dist.is_initialized():
         return model

@@ -62,3 +62,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, base_lr: float,
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["weight_decay"] = weight_decay

@@ -29,7 +29,7 @@ from dns.evaluate import TestFn, evaluator
 from dns.export import byte_report
 from dns.masks import mask_state_dict, plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
-from dns.optim import build_optimizer, learning_rate, set_learning_rate
+from dns.optim import build_optimizer, learning_rate, set_learning_rate, set_weight_decay
 from dns.report import History, layer_rows, totals, write_reports
 from dns.surgeon import Phase, Surgeon, select_layers
 from dns.thresholds import surgery_probability
@@ -454,7 +454,6 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer.load_state(state["resume"])
         begun = phases[trainer.phase]
         trainer.surgeon.active, trainer.surgeon.gamma, trainer.surgeon.power = set(begun.c), begun.gamma, begun.power
-    trainer.net = distributed.wrap(model, trainer.device)  # the masks' parametrizations changed the parameters
 
     # (2) surgery, phase by phase, and (3) fine-tuning are one optimizer run, as in the authors' Caffe runs where
     # iter_stop freezes the masks partway: the learning rate and momentum carry on into fine-tuning.
@@ -467,6 +466,8 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
     if trainer.stage == "surgery":
         trainer.stage, trainer.iteration = "finetune", cfg.surgery.iters
         trainer.checkpoint()
+    if cfg.finetune.weight_decay is not None:  # set again on every resume: the optimizer was rebuilt with surgery's
+        set_weight_decay(trainer.optimizer, cfg.finetune.weight_decay)
     trainer.run_stage("finetune", finetune_lr, cfg.surgery.iters, cfg.finetune.iters)
     final = trainer.save("final", "final")
     if trainer.stage != "done":

@@ -4,13 +4,11 @@
 
 For lenet5 and lenet300 it times the mean training step (forward, backward, SGD update, batch 64) of
   dense   the plain model, no masks (the reference stage);
-  bare    the model with a `parametrize` parametrization on each weight and bias that returns it
-          unchanged: what the parametrization machinery alone costs, the floor of any mask built on it;
   masked  the masked model whose masks never change (fine-tuning): the cost of masking alone;
   gated   the masked model with the surgeon under the paper recipe's gate: iteration i runs over the
           surgery stage (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
   worst   the masked model updating every layer's mask at every step (gamma = 0).
-The five are interleaved over --repeats rounds and the median round is reported, so that drifts of
+The four are interleaved over --repeats rounds and the median round is reported, so that drifts of
 the machine hit all five alike. Each one's ratio to dense is printed.
 """
 
@@ -22,9 +20,8 @@ import time
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from dns.models import get_model, prunable_layers
+from dns.models import get_model
 from dns.surgeon import Surgeon
 
 # the paper recipes' surgery stage: per-layer c and iter_stop of the authors' released models
@@ -32,21 +29,6 @@ RECIPES = {
     "lenet5": dict(c={"conv1": 2.0, "conv2": 3.0, "fc1": 4.0, "fc2": 2.5}, iter_stop=14000),
     "lenet300": dict(c={"fc1": 5.0, "fc2": 3.0, "fc3": 3.0}, iter_stop=20000),
 }
-
-
-class Unchanged(nn.Module):
-    """A parametrization that hands the parameter back as it is."""
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight
-
-
-def parametrized(model: nn.Module) -> nn.Module:
-    """`model` with an `Unchanged` parametrization on every prunable weight and bias."""
-    for module in prunable_layers(model).values():
-        for key in ("weight", "bias"):
-            parametrize.register_parametrization(module, key, Unchanged())
-    return model
 
 
 def make_step(model: nn.Module, surgeon: Surgeon | None, images, labels, iterations):
@@ -85,7 +67,6 @@ def bench(name: str, steps: int, repeats: int) -> dict[str, float]:
     masked_model, gated_model, worst_model = get_model(name), get_model(name), get_model(name)
     runs = {
         "dense": make_step(dense, None, images, labels, spread),
-        "bare": make_step(parametrized(get_model(name)), None, images, labels, spread),
         "masked": make_step(masked_model, surgeon_for(masked_model, 1e-4, stop=0), images, labels, spread),
         "gated": make_step(gated_model, surgeon_for(gated_model, 1e-4), images, labels, spread),
         "worst": make_step(worst_model, surgeon_for(worst_model, 0.0), images, labels, spread),
@@ -109,7 +90,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
-    kinds = ("dense", "bare", "masked", "gated", "worst")
+    kinds = ("dense", "masked", "gated", "worst")
     print(f"{'model':<10}" + "".join(f"{kind + ' ms':>11}" for kind in kinds)
           + "".join(f"{kind + '/dense':>14}" for kind in kinds[1:]))
     for name in args.models:

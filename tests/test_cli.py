@@ -59,6 +59,7 @@ BAD_INPUT = [
     (["surgery.gamma=-1e-4"], "surgery.gamma=-0.0001 is negative"),
     (["surgery.power=-1"], "surgery.power=-1.0 is negative"),
     (["surgery.weight_decay=-1e-3"], "surgery.weight_decay=-0.001 is negative"),
+    (["finetune.weight_decay=-1"], "finetune.weight_decay=-1.0 is negative"),
     (["surgery.min_remaining=1.5"], "surgery.min_remaining=1.5 must lie in [0, 1]"),
     (["reference.iters=-1"], "reference.iters=-1 is negative"),
     (["surgery.iters=-10"], "surgery.iters=-10 is negative"),

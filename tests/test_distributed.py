@@ -19,7 +19,7 @@ def test_the_fingerprint_sees_a_single_mask_bit():
     attach_masks(prunable_layers(model))
     twin = copy.deepcopy(model)
     assert fingerprint(model) == fingerprint(twin)
-    twin.fc2.parametrizations.weight[0].mask[3, 7] = 0
+    twin.fc2.weight_mask[3, 7] = 0
     assert fingerprint(model) != fingerprint(twin)
 
 

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from dns.masks import attach_mask, attach_masks, dense_parameter, mask_state_dict, plain_state_dict
+from dns.masks import attach_mask, attach_masks, mask_state_dict, plain_state_dict
 
 
 def linear(weight, bias=(0.0, 0.0)):
@@ -21,16 +21,43 @@ def test_forward_uses_the_masked_weight():
     assert out.tolist() == [[1.0, 3.5]]  # [1·1 + 0, 4·1 - 0.5]
 
 
+def seen_weight(layer):
+    """The weight matrix the forward pass of a bias-free 2x2 `layer` sees (no autograd: W is shown back)."""
+    with torch.no_grad():
+        return (layer(torch.eye(2)) - layer.bias).T.tolist()
+
+
 def test_forward_follows_the_mask_changed_in_place_or_loaded():
     layer = linear([[1.0, -2.0], [3.0, 4.0]])
     mask = attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    assert layer.weight.tolist() == [[1.0, 0.0], [0.0, 4.0]]
+    assert seen_weight(layer) == [[1.0, 0.0], [0.0, 4.0]]
     mask.copy_(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))  # what the surgeon does
-    assert layer.weight.tolist() == [[0.0, -2.0], [3.0, 4.0]]
+    assert seen_weight(layer) == [[0.0, -2.0], [3.0, 4.0]]
     state = layer.state_dict()
-    state["parametrizations.weight.0.mask"] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    state["weight_mask"] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     layer.load_state_dict(state)  # what resuming from a checkpoint does
-    assert layer.weight.tolist() == [[1.0, -2.0], [0.0, 0.0]]
+    assert seen_weight(layer) == [[1.0, -2.0], [0.0, 0.0]]
+
+
+def test_the_parameter_holds_the_dense_weight_outside_forward_and_backward():
+    layer = linear([[1.0, -2.0], [3.0, 4.0]])
+    attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert layer.weight.tolist() == [[1.0, -2.0], [3.0, 4.0]]
+    out = layer(torch.tensor([[1.0, 1.0]]))
+    assert layer.weight.tolist() == [[1.0, 0.0], [0.0, 4.0]]  # between forward and backward: W ⊙ T
+    out.sum().backward()
+    assert layer.weight.tolist() == [[1.0, -2.0], [3.0, 4.0]]  # shown back once its gradient is in
+    assert "weight_mask" in layer.state_dict() and layer.state_dict()["weight"].tolist() == [[1.0, -2.0], [3.0, 4.0]]
+
+
+def test_a_forward_under_inference_mode_leaves_the_layer_trainable():
+    layer = linear([[1.0, -2.0], [3.0, 4.0]])
+    attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    with torch.inference_mode():  # the first forward ever: the tensor for W ⊙ T is made here
+        assert layer(torch.tensor([[1.0, 1.0]])).tolist() == [[1.0, 4.0]]
+    assert layer.weight.tolist() == [[1.0, -2.0], [3.0, 4.0]]
+    layer(torch.tensor([[1.0, 1.0]])).sum().backward()
+    assert layer.weight.grad.tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
 def test_backward_is_straight_through_to_masked_weights():
@@ -38,7 +65,7 @@ def test_backward_is_straight_through_to_masked_weights():
     attach_mask(layer, "weight", torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     layer(torch.tensor([[2.0, 3.0]])).sum().backward()
     # dL/d(W ⊙ T) = x for every row, and W receives it at masked positions too
-    assert dense_parameter(layer, "weight").grad.tolist() == [[2.0, 3.0], [2.0, 3.0]]
+    assert layer.weight.grad.tolist() == [[2.0, 3.0], [2.0, 3.0]]
 
     # torch.nn.utils.prune's rule, for contrast: masked entries get no gradient, so they could never return
     other = linear([[1.0, 2.0], [3.0, 4.0]])
@@ -53,7 +80,7 @@ def test_optimizer_keeps_updating_pruned_weights():
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
     layer(torch.tensor([[2.0, 3.0]])).sum().backward()
     optimizer.step()
-    assert dense_parameter(layer, "weight").tolist() == [[0.0, 0.5], [2.0, 2.5]]
+    assert layer.weight.tolist() == [[0.0, 0.5], [2.0, 2.5]]
 
 
 def test_state_dicts_use_plain_names_and_bool_masks():

@@ -53,14 +53,19 @@ def test_weight_decay_overrides_the_optimizers():
     assert {g["weight_decay"] for g in build_optimizer(model, OptimizerConfig(), 0.01, 2e-3).param_groups} == {2e-3}
 
 
-def test_surgery_weight_decay_reaches_surgery_and_finetuning_alone(dns_train, tmp_path):
+def short_runs(dns_train, tmp_path, common: list[str], variants: dict[str, list[str]]) -> list[dict]:
+    """The checkpoints/latest.pt of a short lenet300 run per variant (name -> its overrides beside `common`)."""
     common = ["model=lenet300", "reference.iters=20", "surgery.iters=20", "finetune.iters=10", "eval_every=1000",
-              "log_every=10", "optimizer.weight_decay=0"]
-    for name, extra in (("plain", []), ("decayed", ["surgery.weight_decay=0.5"])):
+              "log_every=10", *common]
+    for name, extra in variants.items():
         result = dns_train(*common, *extra, f"hydra.run.dir={name}")
         assert result.returncode == 0, result.stderr
-    plain, decayed = (torch.load(tmp_path / name / "checkpoints" / "latest.pt", weights_only=False)
-                      for name in ("plain", "decayed"))
+    return [torch.load(tmp_path / name / "checkpoints" / "latest.pt", weights_only=False) for name in variants]
+
+
+def test_surgery_weight_decay_reaches_surgery_and_finetuning_alone(dns_train, tmp_path):
+    plain, decayed = short_runs(dns_train, tmp_path, ["optimizer.weight_decay=0"],
+                                {"plain": [], "decayed": ["surgery.weight_decay=0.5"]})
     assert {g["weight_decay"] for g in decayed["resume"]["optimizer"]["param_groups"]} == {0.5}
     references = [torch.load(tmp_path / name / "checkpoints" / "reference.pt", weights_only=True)["state_dict"]
                   for name in ("plain", "decayed")]
@@ -68,3 +73,14 @@ def test_surgery_weight_decay_reaches_surgery_and_finetuning_alone(dns_train, tm
         assert torch.equal(references[0][key], references[1][key])  # the reference trains without the decay
         # 30 iterations at lr ~0.01 and decay 0.5 shrink the dense weights by 14 % or more (momentum adds to it)
         assert decayed["state_dict"][key].norm() < 0.95 * plain["state_dict"][key].norm()
+
+
+def test_finetune_weight_decay_takes_over_once_the_masks_are_frozen(dns_train, tmp_path):
+    same, free = short_runs(dns_train, tmp_path, ["surgery.weight_decay=0.5"],
+                            {"same": [], "free": ["finetune.weight_decay=0"]})
+    assert {g["weight_decay"] for g in free["resume"]["optimizer"]["param_groups"]} == {0.0}
+    assert {g["weight_decay"] for g in same["resume"]["optimizer"]["param_groups"]} == {0.5}
+    for key in same["masks"]:
+        assert torch.equal(same["masks"][key], free["masks"][key])  # surgery alike; fine-tuning moves no mask
+    # 10 iterations without the decay of 0.5 leave the dense weights larger
+    assert free["state_dict"]["fc1.weight"].norm() > 1.02 * same["state_dict"]["fc1.weight"].norm()

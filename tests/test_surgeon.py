@@ -181,7 +181,7 @@ def test_a_phase_operates_on_its_layers_and_leaves_the_others_masks_as_they_were
     begin(surgeon, fc)
     with torch.no_grad():  # weights move on while the conv masks are frozen: they must not follow
         for n in ("conv1", "conv2"):
-            getattr(model, n).parametrizations.weight.original.mul_(3.0)
+            getattr(model, n).weight.mul_(3.0)
     for i in range(3):
         surgeon.step(i)
     assert all(by_name[n].remaining() < by_name[n].param_count() for n in ("fc1", "fc2"))
@@ -190,19 +190,24 @@ def test_a_phase_operates_on_its_layers_and_leaves_the_others_masks_as_they_were
         assert (by_name[n].a, by_name[n].b) == conv_thresholds[n]
 
 
+@pytest.mark.parametrize("rule", ["apply_rule_torch_", "apply_rule_fused_"])
 @pytest.mark.parametrize("seed", range(5))
-def test_the_in_place_rule_equals_update_mask_and_counts_the_changes(seed):
-    from dns.surgeon import apply_rule_
+def test_the_in_place_rules_equal_update_mask_and_count_the_changes(seed, rule, monkeypatch):
+    import dns.surgeon
     from dns.thresholds import update_mask
 
+    monkeypatch.setattr(dns.surgeon, "RULE_CHUNK", 7)  # the fused pass counts over chunks: cross their borders
     gen = torch.Generator().manual_seed(seed)
+    a, b = 0.1, 0.7  # 0.1 rounds up in float32, so a float64 comparison would differ at w = float32(0.1)
     weight = torch.randn(40, 30, generator=gen)
-    weight[0, :4] = torch.tensor([0.5, -0.5, 0.7, 0.0])  # exactly at a, at -a, exactly at b, zero
+    weight[0, :5] = torch.tensor([a, -a, b, 0.0, -b])  # exactly at a and -a (float32), at b and -b, zero
     mask = (torch.rand(40, 30, generator=gen) > 0.5).float()
-    expected = update_mask(weight, mask, a=0.5, b=0.7)
+    mask[0, :5] = 1.0
+    expected = update_mask(weight, mask, a, b)
+    assert expected[0, :5].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
     pruned = int(((mask == 1) & (expected == 0)).sum())
     spliced = int(((mask == 0) & (expected == 1)).sum())
-    assert apply_rule_(weight, mask, 0.5, 0.7) == (pruned, spliced)
+    assert getattr(dns.surgeon, rule)(weight, mask, a, b) == (pruned, spliced)
     assert torch.equal(mask, expected)
     assert pruned > 0 and spliced > 0
 
