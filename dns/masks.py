@@ -22,7 +22,7 @@ class Mask:
     """The mask of one parameter, and the swap that shows the forward pass W ⊙ T."""
 
     def __init__(self, module: nn.Module, name: str, mask: torch.Tensor):
-        self.module, self.name = module, name
+        self.module = module
         self.param: nn.Parameter = getattr(module, name)
         self.buffer = f"{name}_mask"
         module.register_buffer(self.buffer, mask)
@@ -77,10 +77,6 @@ def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None) 
     return module.dns_masks[name].mask
 
 
-def is_masked(module: nn.Module, name: str) -> bool:
-    return name in getattr(module, "dns_masks", {})
-
-
 def attach_masks(layers: dict[str, nn.Module], prune_bias: bool = True,
                  initial: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Mask the weight (and the bias, if `prune_bias`) of every layer in `layers`.
@@ -96,19 +92,19 @@ def attach_masks(layers: dict[str, nn.Module], prune_bias: bool = True,
     return live
 
 
-def masked_modules(model: nn.Module):
-    """(name, module) for every module of `model` with a masked parameter."""
-    return ((name, module) for name, module in model.named_modules() if getattr(module, "dns_masks", None))
+def named_masks(model: nn.Module):
+    """('fc1.weight', its Mask) for every masked parameter of `model`."""
+    for prefix, module in model.named_modules():
+        for key, mask in getattr(module, "dns_masks", {}).items():
+            yield f"{prefix}.{key}" if prefix else key, mask
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict under plain names ('fc1.weight'), holding the dense W, without masks."""
-    masks = {f"{prefix}.{key}_mask" if prefix else f"{key}_mask"
-             for prefix, module in masked_modules(model) for key in module.dns_masks}
-    return {key: value for key, value in model.state_dict().items() if key not in masks}
+    buffers = {f"{name}_mask" for name, _ in named_masks(model)}
+    return {key: value for key, value in model.state_dict().items() if key not in buffers}
 
 
 def mask_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every mask of the model as a bool tensor under the name of the parameter it masks."""
-    return {f"{prefix}.{key}" if prefix else key: mask.mask.bool().clone()
-            for prefix, module in masked_modules(model) for key, mask in module.dns_masks.items()}
+    return {name: mask.mask.bool().clone() for name, mask in named_masks(model)}

@@ -179,6 +179,9 @@ class Surgeon:
         return updated
 
 
+RULE_CHUNK = 1 << 24  # float32 sums of 0/±1 terms are exact below 2^24 terms
+
+
 def apply_rule_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
     """`thresholds.update_mask` in place on a float 0/1 mask; returns (pruned, spliced) counts.
 
@@ -210,9 +213,6 @@ def apply_rule_fused_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: flo
         chunk_net, chunk_spliced = _rule_pass(w[start:start + RULE_CHUNK], t[start:start + RULE_CHUNK], a32, b32)
         net, spliced = net + int(chunk_net), spliced + int(chunk_spliced)
     return spliced - net, spliced
-
-
-RULE_CHUNK = 1 << 24  # float32 sums of 0/±1 terms are exact below 2^24 terms
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})  # reassoc: the sums vectorize; they are of integers
