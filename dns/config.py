@@ -113,6 +113,7 @@ class FinetuneConfig:
     iters: int = 2000  # masks frozen; continues the surgery run's optimizer and learning rate
     lr: Optional[float] = None  # base learning rate from here on, same policy and counter (None: surgery's)
     weight_decay: Optional[float] = None  # from here on (None: surgery's); masks are frozen, so it moves no mask
+    anneal: str = "none"  # none | linear | cosine: the learning rate falls to 0 over fine-tuning (times lr_policy's)
 
 
 @dataclass
@@ -150,6 +151,7 @@ def register_configs() -> None:
 
 OPTIMIZERS = ("sgd", "caffe_sgd")
 LR_POLICIES = ("fixed", "inv", "step")
+ANNEALS = ("none", "linear", "cosine")
 DATASETS = ("mnist", "fashion_mnist", "imagenet")
 
 
@@ -173,6 +175,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     require(run.dataset.name in DATASETS, f"unknown dataset {run.dataset.name!r}: use dataset=<{'|'.join(DATASETS)}>")
     require(run.optimizer.name in OPTIMIZERS, f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
     require(run.lr_policy.name in LR_POLICIES, f"lr_policy.name must be one of {', '.join(LR_POLICIES)}")
+    require(run.finetune.anneal in ANNEALS,
+            f"finetune.anneal={run.finetune.anneal!r}: use {', '.join(ANNEALS)}")
     for key, value in [("reference.iters", run.reference.iters), ("surgery.iters", s.iters),
                        ("finetune.iters", run.finetune.iters), ("surgery.gamma", s.gamma),
                        ("surgery.power", s.power), ("optimizer.weight_decay", run.optimizer.weight_decay),

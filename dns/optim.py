@@ -22,6 +22,22 @@ def learning_rate(policy: LRPolicyConfig, base_lr: float, iteration: int) -> flo
     raise ValueError(f"unknown lr_policy {policy.name!r}")
 
 
+def anneal(shape: str, done: int, total: int) -> float:
+    """The factor on the learning rate after `done` of `total` fine-tuning iterations: from 1 down towards 0.
+
+    Fine-tuning a net this sparse ends on the noise of SGD at the policy's rate; letting the rate fall to 0
+    settles it (cosine: SGDR, Loshchilov & Hutter 2017). 'none' keeps the policy's rate.
+    """
+    if shape == "none" or total <= 0:
+        return 1.0
+    progress = done / total
+    if shape == "linear":
+        return 1.0 - progress
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown anneal {shape!r}")
+
+
 class CaffeSGD(torch.optim.Optimizer):
     """Caffe's SGD: v = momentum·v + lr·(g + weight_decay·w); w -= v.
 

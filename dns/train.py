@@ -29,7 +29,7 @@ from dns.evaluate import TestFn, evaluator
 from dns.export import byte_report
 from dns.masks import mask_state_dict, plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
-from dns.optim import build_optimizer, learning_rate, set_learning_rate, set_weight_decay
+from dns.optim import anneal, build_optimizer, learning_rate, set_learning_rate, set_weight_decay
 from dns.report import History, layer_rows, totals, write_reports
 from dns.surgeon import Phase, Surgeon, select_layers
 from dns.thresholds import surgery_probability
@@ -184,9 +184,10 @@ class Trainer:
         self.test_error, self.test_top5 = errors["top1"], errors.get("top5")
 
     # -- the training loop -------------------------------------------------------------------------
-    def run_stage(self, stage: str, base_lr: float, first: int, iters: int, phase: Phase | None = None) -> None:
+    def run_stage(self, stage: str, base_lr: float, first: int, iters: int, phase: Phase | None = None,
+                  shape: str = "none") -> None:
         """Train iterations first .. first+iters-1 of `stage` (of `phase`, in surgery), or what is left of
-        them after a resume."""
+        them after a resume; `shape` anneals the learning rate over the stage (`dns.optim.anneal`)."""
         if STAGES.index(self.stage) > STAGES.index(stage):
             return  # done before the resume
         if self.stage != stage:
@@ -203,7 +204,7 @@ class Trainer:
                    unit="it", disable=None if self.main else True, dynamic_ncols=True,
                    initial=self.iteration - first, total=iters)
         for it in bar:
-            set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it))
+            set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it) * anneal(shape, it - first, iters))
             if operate:
                 surgeon.step(it - phase.first)
             images, labels = next(self.batches)
@@ -468,7 +469,7 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer.checkpoint()
     if cfg.finetune.weight_decay is not None:  # set again on every resume: the optimizer was rebuilt with surgery's
         set_weight_decay(trainer.optimizer, cfg.finetune.weight_decay)
-    trainer.run_stage("finetune", finetune_lr, cfg.surgery.iters, cfg.finetune.iters)
+    trainer.run_stage("finetune", finetune_lr, cfg.surgery.iters, cfg.finetune.iters, shape=cfg.finetune.anneal)
     final = trainer.save("final", "final")
     if trainer.stage != "done":
         trainer.stage = "done"

@@ -64,6 +64,7 @@ BAD_INPUT = [
     (["reference.iters=-1"], "reference.iters=-1 is negative"),
     (["surgery.iters=-10"], "surgery.iters=-10 is negative"),
     (["finetune.iters=-3"], "finetune.iters=-3 is negative"),
+    (["finetune.anneal=exp"], "finetune.anneal='exp': use none, linear, cosine"),
     (["checkpoint.every=-5"], "checkpoint.every=-5 is negative"),
     (["optimizer.momentum=1"], "optimizer.momentum=1.0 must lie in [0, 1)"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 must be > 0"),

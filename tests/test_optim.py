@@ -1,9 +1,12 @@
+import csv
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from dns.config import LRPolicyConfig, OptimizerConfig
-from dns.optim import CaffeSGD, build_optimizer, learning_rate, set_learning_rate
+from dns.optim import CaffeSGD, anneal, build_optimizer, learning_rate, set_learning_rate
 
 
 def test_learning_rate_policies():
@@ -11,6 +14,16 @@ def test_learning_rate_policies():
     assert learning_rate(LRPolicyConfig("inv", gamma=1e-4, power=0.75), 0.01, 10000) == pytest.approx(0.01 * 2 ** -0.75)
     step = LRPolicyConfig("step", gamma=0.1, step_size=100)
     assert [learning_rate(step, 1.0, i) for i in (0, 99, 100, 250)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def test_anneal_factors():
+    assert [anneal("none", done, 100) for done in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [anneal("linear", done, 100) for done in (0, 25, 99)] == pytest.approx([1.0, 0.75, 0.01])
+    assert [anneal("cosine", done, 100) for done in (0, 25, 50, 75)] == pytest.approx(
+        [1.0, 0.5 + 0.5 * math.sqrt(0.5), 0.5, 0.5 - 0.5 * math.sqrt(0.5)])
+    assert anneal("cosine", 99, 100) == pytest.approx(2.467e-4, rel=1e-3)  # the last step barely moves
+    with pytest.raises(ValueError, match="unknown anneal 'exp'"):
+        anneal("exp", 0, 10)
 
 
 def run_two_steps(optimizer_cls):
@@ -84,3 +97,22 @@ def test_finetune_weight_decay_takes_over_once_the_masks_are_frozen(dns_train, t
         assert torch.equal(same["masks"][key], free["masks"][key])  # surgery alike; fine-tuning moves no mask
     # 10 iterations without the decay of 0.5 leave the dense weights larger
     assert free["state_dict"]["fc1.weight"].norm() > 1.02 * same["state_dict"]["fc1.weight"].norm()
+
+
+def test_finetune_anneal_lowers_the_learning_rate_of_finetuning_alone(dns_train, tmp_path):
+    common = ["model=lenet300", "reference.iters=20", "surgery.iters=20", "finetune.iters=20", "eval_every=1000",
+              "log_every=5", "lr_policy=fixed", "optimizer.lr=0.02"]
+    rows = {}
+    for name, extra in {"plain": [], "cosine": ["finetune.anneal=cosine"]}.items():
+        result = dns_train(*common, *extra, f"hydra.run.dir={name}")
+        assert result.returncode == 0, result.stderr
+        with open(tmp_path / name / "history.csv") as f:
+            rows[name] = list(csv.DictReader(f))
+    plain, cosine = rows["plain"], rows["cosine"]
+    assert [r["stage"] for r in plain] == [r["stage"] for r in cosine] == ["reference"] * 4 + ["surgery"] * 4 + ["finetune"] * 4
+    assert plain[:8] == cosine[:8]  # reference and surgery untouched, bitwise
+    # the row after fine-tuning iteration k (0-based) shows that iteration's rate: 0.02 · ½(1 + cos(π·k/20))
+    assert [float(r["lr"]) for r in cosine[8:]] == pytest.approx(
+        [0.02 * 0.5 * (1 + math.cos(math.pi * k / 20)) for k in (4, 9, 14, 19)])
+    assert {float(r["lr"]) for r in plain[8:]} == {0.02}
+    assert cosine[-1]["loss"] != plain[-1]["loss"]
