@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numba
-import numpy as np
 import torch
 from torch import nn
 
-from dns.masks import attach_masks
+from dns.masks import Mask, attach_masks
 from dns.models import layer_kind, prunable_layers
 from dns.thresholds import gate_open, magnitude_stats, thresholds
 
@@ -62,6 +60,7 @@ class LayerState:
     kind: str
     params: dict[str, nn.Parameter]  # 'weight' / 'bias' -> the trainable parameter, holding the dense W
     masks: dict[str, torch.Tensor]  # the same keys -> live mask buffer T (absent when not masked)
+    handles: dict[str, Mask]  # the same keys -> the Mask that applies T and re-decides it
     c: float | None = None  # None: not under surgery, its masks stay as they are
     iter_stop: int = 0
     mu: float | None = None
@@ -121,7 +120,9 @@ class Surgeon:
         self.layers = []
         for name, module in modules.items():
             params = {key: getattr(module, key) for key in ("weight", "bias") if getattr(module, key) is not None}
-            self.layers.append(LayerState(name, layer_kind(module), params, live.get(name, {}),
+            masks = live.get(name, {})
+            self.layers.append(LayerState(name, layer_kind(module), params, masks,
+                                          {key: module.dns_masks[key] for key in masks},
                                           c=self.c.get(name), iter_stop=self.iter_stop.get(name, 0)))
         self.generator = torch.Generator().manual_seed(self.seed)
         self.active = {layer.name for layer in self.layers if layer.under_surgery}
@@ -161,15 +162,14 @@ class Surgeon:
 
         Returns how many layers updated their masks.
         """
+        active = [layer for layer in self.layers if layer.name in self.active]
+        draws = torch.rand(len(active), generator=self.generator).tolist()  # the values of one draw at a time
         updated = 0
-        for layer in self.layers:
-            if layer.name not in self.active:
-                continue
-            draw = torch.rand((), generator=self.generator).item()
+        for layer, draw in zip(active, draws):
             if not gate_open(iteration, draw, self.gamma, self.power, layer.iter_stop):
                 continue
             for key, mask in layer.masks.items():
-                pruned, spliced = apply_rule_(layer.params[key], mask, layer.a, layer.b)
+                pruned, spliced = layer.handles[key].update(layer.a, layer.b)
                 keep = self.min_remaining.get(layer.name, 0.0)
                 if key == "weight" and keep > 0:
                     spliced += keep_largest_(layer.params[key], mask, math.ceil(keep * mask.numel()))
@@ -177,55 +177,6 @@ class Surgeon:
                 layer.spliced += spliced
             updated += 1
         return updated
-
-
-RULE_CHUNK = 1 << 24  # float32 sums of 0/±1 terms are exact below 2^24 terms
-
-
-def apply_rule_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
-    """`thresholds.update_mask` in place on a float 0/1 mask; returns (pruned, spliced) counts.
-
-    On CPU one fused pass (numba): eager torch reads and writes the tensor five times and sums it three
-    times, which costs as much as LeNet-300's matrix products. Elsewhere (CUDA), torch ops.
-    """
-    if weight.device.type == "cpu" and weight.dtype == mask.dtype == torch.float32 and mask.is_contiguous():
-        return apply_rule_fused_(weight, mask, a, b)
-    return apply_rule_torch_(weight, mask, a, b)
-
-
-def apply_rule_torch_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
-    """`apply_rule_` in torch ops, for any device."""
-    magnitude = weight.detach().abs()
-    scratch = torch.empty_like(mask)
-    before = mask.sum()
-    mask.mul_(torch.gt(magnitude, a, out=scratch))  # prune at or below a
-    kept = mask.sum()
-    torch.maximum(mask, torch.gt(magnitude, b, out=scratch), out=mask)  # splice above b
-    return int(before - kept), int(mask.sum() - kept)
-
-
-def apply_rule_fused_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
-    """`apply_rule_` for float32 CPU tensors, one pass over each chunk of RULE_CHUNK entries."""
-    w, t = weight.detach().reshape(-1).numpy(), mask.view(-1).numpy()
-    a32, b32 = np.float32(a), np.float32(b)  # torch too compares a float32 tensor with a scalar in float32
-    net = spliced = 0
-    for start in range(0, w.size, RULE_CHUNK):
-        chunk_net, chunk_spliced = _rule_pass(w[start:start + RULE_CHUNK], t[start:start + RULE_CHUNK], a32, b32)
-        net, spliced = net + int(chunk_net), spliced + int(chunk_spliced)
-    return spliced - net, spliced
-
-
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})  # reassoc: the sums vectorize; they are of integers
-def _rule_pass(w, t, a, b):
-    """The surgery rule over float32 arrays w and t (updated in place); returns (net change of sum(t), spliced)."""
-    net, spliced = np.float32(0.0), np.float32(0.0)
-    for i in range(w.size):
-        magnitude, old = abs(w[i]), t[i]
-        new = np.float32(1.0) if magnitude > b else (old if magnitude > a else np.float32(0.0))
-        t[i] = new
-        net += new - old
-        spliced += new * (np.float32(1.0) - old)
-    return net, spliced
 
 
 def keep_largest_(weight: torch.Tensor, mask: torch.Tensor, count: int) -> int:

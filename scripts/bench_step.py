@@ -1,13 +1,20 @@
 """Cost of a surgery training step against a dense one, measured side by side in one process.
 
-    python scripts/bench_step.py [--steps 2000] [--repeats 5] [--threads N] [--models lenet5 lenet300]
+    DNS_DATA=../shared/data python scripts/bench_step.py [--steps 300] [--repeats 15] [--threads N]
+        [--models lenet5 lenet300] [--data mnist|random] [--reference-steps 2000]
 
-For lenet5 and lenet300 it times the mean training step (forward, backward, SGD update, batch 64) of
+For lenet5 and lenet300 it takes the paper recipe (conf/experiment/paper_<model>.yaml: its optimizer, surgery
+learning rate and weight decay, per-layer c, iter_stop, gamma and power) and times the mean training step
+(forward, backward, optimizer update, batch 64) of
   dense   the plain model, no masks (the reference stage);
-  masked  the masked model whose masks never change (fine-tuning): the cost of masking alone;
-  gated   the masked model with the surgeon under the paper recipe's gate: iteration i runs over the
-          surgery stage (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
+  masked  the masked model with the masks of the recipe's first surgery, frozen (fine-tuning): masking alone;
+  gated   the masked model with the surgeon under the recipe's gate: iteration i runs over the surgery stage
+          (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
   worst   the masked model updating every layer's mask at every step (gamma = 0).
+All four start from one dense reference. With --data mnist (the default; MNIST from $DNS_DATA) it is trained
+for --reference-steps steps first and every step takes a real batch, so that weights and masks are those of
+a real run (fc1 of lenet300 keeps about 1.5 %). --data random takes random images and the untrained model,
+as this script did before 2026-12-03; the recipe's thresholds then prune most layers to nothing.
 The four are interleaved over --repeats rounds, so that drifts of the machine hit all four alike; every round
 of `gated` draws the same gates. Each one's ratio to dense is printed for the median round and for the
 fastest round: on a shared machine other processes only ever add time, so the fastest rounds show the cost
@@ -17,25 +24,39 @@ of the work itself (as `timeit` advises), the median what a run sees.
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import statistics
 import time
 
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch import nn
 
-from dns.models import get_model
-from dns.surgeon import Surgeon
-
-# the paper recipes' surgery stage: per-layer c and iter_stop of the authors' released models
-RECIPES = {
-    "lenet5": dict(c={"conv1": 2.0, "conv2": 3.0, "fc1": 4.0, "fc2": 2.5}, iter_stop=14000),
-    "lenet300": dict(c={"fc1": 5.0, "fc2": 3.0, "fc3": 3.0}, iter_stop=20000),
-}
+from dns.cli import CONFIG_MODULE
+from dns.config import RunConfig
+from dns.data import SplitBatches, load_split
+from dns.models import get_model, layer_kind, prunable_layers
+from dns.optim import build_optimizer
+from dns.train import build_surgeon, surgery_phases
 
 
-def make_step(model: nn.Module, surgeon: Surgeon | None, images, labels, iterations):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+def recipe(name: str) -> RunConfig:
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="config", overrides=[f"experiment=paper_{name}"]))
 
+
+def batches_of(cfg: RunConfig, data: str):
+    """Endless (images, labels) batches: real MNIST, or 32 random batches over and over."""
+    if data == "mnist":
+        return SplitBatches(load_split(cfg.dataset, train=True), cfg.dataset.batch_size, cfg.seed)
+    images = torch.rand(32, cfg.dataset.batch_size, 1, 28, 28)
+    labels = torch.randint(0, 10, (32, cfg.dataset.batch_size))
+    return itertools.cycle(list(zip(images, labels)))
+
+
+def make_step(model: nn.Module, optimizer, surgeon, batches, iterations):
     def run(steps: int) -> float:
         if surgeon is not None:
             surgeon.generator.manual_seed(0)  # the same gates every round
@@ -43,7 +64,7 @@ def make_step(model: nn.Module, surgeon: Surgeon | None, images, labels, iterati
         for k in range(steps):
             if surgeon is not None:
                 surgeon.step(iterations[k % len(iterations)])
-            x, y = images[k % len(images)], labels[k % len(labels)]
+            x, y = next(batches)
             loss = nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -53,28 +74,33 @@ def make_step(model: nn.Module, surgeon: Surgeon | None, images, labels, iterati
     return run
 
 
-def bench(name: str, steps: int, repeats: int) -> dict[str, list[float]]:
+def bench(name: str, steps: int, repeats: int, data: str, reference_steps: int) -> dict[str, list[float]]:
     torch.manual_seed(0)
-    images = torch.rand(32, 64, 1, 28, 28)
-    labels = torch.randint(0, 10, (32, 64))
-    recipe = RECIPES[name]
-    iter_stop = recipe["iter_stop"]
+    cfg = recipe(name)
+    batches = batches_of(cfg, data)
+    reference = get_model(name)
+    if data == "mnist":
+        train = make_step(reference, build_optimizer(reference, cfg.optimizer, cfg.optimizer.lr), None, batches, [0])
+        train(reference_steps)
+    phase = surgery_phases(cfg, {n: layer_kind(m) for n, m in prunable_layers(reference).items()})[0]
+    iter_stop = max(phase.iter_stop.values())
     spread = [round(k * iter_stop / steps) for k in range(steps)]  # the gate over the whole surgery stage
+    surgery_lr = cfg.surgery.lr if cfg.surgery.lr is not None else cfg.optimizer.lr
 
-    def surgeon_for(model: nn.Module, gamma: float, stop: int = iter_stop) -> Surgeon:
-        stops = {layer: stop for layer in recipe["c"]}
-        surgeon = Surgeon(model, c=recipe["c"], iter_stop=stops, gamma=gamma, power=1.0)
-        surgeon.start()
-        return surgeon
+    def kind(gamma: float | None = None, frozen: bool = False):
+        model = copy.deepcopy(reference)
+        optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
+        if gamma is None:
+            return make_step(model, optimizer, None, batches, spread)
+        surgeon = build_surgeon(model, cfg, None)
+        surgeon.begin_phase(phase.c, phase.iter_stop, gamma, phase.power)
+        if frozen:  # the first surgery step (its gate always opens), then fine-tuning: no surgeon in the loop
+            surgeon.step(0)
+            return make_step(model, optimizer, None, batches, spread)
+        return make_step(model, optimizer, surgeon, batches, spread)
 
-    dense = get_model(name)
-    masked_model, gated_model, worst_model = get_model(name), get_model(name), get_model(name)
-    runs = {
-        "dense": make_step(dense, None, images, labels, spread),
-        "masked": make_step(masked_model, surgeon_for(masked_model, 1e-4, stop=0), images, labels, spread),
-        "gated": make_step(gated_model, surgeon_for(gated_model, 1e-4), images, labels, spread),
-        "worst": make_step(worst_model, surgeon_for(worst_model, 0.0), images, labels, spread),
-    }
+    runs = {"dense": kind(), "masked": kind(phase.gamma, frozen=True), "gated": kind(phase.gamma),
+            "worst": kind(0.0)}
     for run in runs.values():  # warm-up
         run(50)
     rounds = {key: [] for key in runs}
@@ -86,23 +112,26 @@ def bench(name: str, steps: int, repeats: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--models", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--models", nargs="+", choices=["lenet5", "lenet300"], default=["lenet5", "lenet300"])
+    parser.add_argument("--data", choices=["mnist", "random"], default="mnist")
+    parser.add_argument("--reference-steps", type=int, default=2000, help="dense steps before timing (mnist)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.data} data, "
+          f"{args.steps} steps x {args.repeats} rounds")
     kinds = ("dense", "masked", "gated", "worst")
     print(f"{'model, round':<18}" + "".join(f"{kind + ' ms':>11}" for kind in kinds)
           + "".join(f"{kind + '/dense':>14}" for kind in kinds[1:]))
     for name in args.models:
-        rounds = bench(name, args.steps, args.repeats)
+        rounds = bench(name, args.steps, args.repeats, args.data, args.reference_steps)
         for label, stat in (("median", statistics.median), ("fastest", min)):
             t = {kind: stat(times) for kind, times in rounds.items()}
             print(f"{name + ' ' + label:<18}" + "".join(f"{1e3 * t[kind]:>11.3f}" for kind in kinds)
-                  + "".join(f"{t[kind] / t['dense']:>14.3f}" for kind in kinds[1:]))
+                  + "".join(f"{t[kind] / t['dense']:>14.3f}" for kind in kinds[1:]), flush=True)
 
 
 if __name__ == "__main__":

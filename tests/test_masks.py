@@ -1,8 +1,10 @@
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from dns.masks import attach_mask, attach_masks, mask_state_dict, plain_state_dict
+from dns.thresholds import update_mask
 
 
 def linear(weight, bias=(0.0, 0.0)):
@@ -96,3 +98,48 @@ def test_state_dicts_use_plain_names_and_bool_masks():
     assert masks["0.weight"].tolist() == [[True, False], [True, True]]
     fresh = nn.Sequential(nn.Linear(2, 2))
     fresh.load_state_dict(plain)  # loads into the unmodified model
+
+
+def weight_seen_by_forward(layer: nn.Module) -> torch.Tensor:
+    """The weight that a no-grad forward of `layer` computes with."""
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda module, inputs: seen.append(module.weight.detach().clone()))
+    with torch.no_grad():
+        layer(torch.zeros(1, layer.in_features, dtype=layer.weight.dtype))
+    hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: the torch ops instead of numba's passes
+def test_the_forward_sees_w_times_t_through_updates_training_and_outside_changes(dtype, monkeypatch):
+    import dns.masks
+
+    monkeypatch.setattr(dns.masks, "CHANGES", 50)  # so that some updates change too much to be merged
+    calls = {"rule_pass": 0, "rule_pass_kept": 0, "merge_changes": 0}
+    for name in calls:
+        def counted(*args, kernel=getattr(dns.kernels, name), name=name):
+            calls[name] += 1
+            return kernel(*args)
+        monkeypatch.setattr(dns.kernels, name, counted)
+    gen = torch.Generator().manual_seed(0)
+    layer = nn.Linear(300, 200).to(dtype)
+    mask = attach_mask(layer, "weight")
+    handle = layer.dns_masks["weight"]
+    t = mask.clone()
+    seen_sparse = False
+    for step, (a, b) in enumerate([(0.0, 0.0), (0.08, 0.09), (0.08, 0.09), (0.085, 0.09), (0.01, 0.02)] * 3):
+        with torch.no_grad():
+            layer.weight.add_(0.003 * torch.randn(layer.weight.shape, generator=gen, dtype=dtype))  # training
+        if step == 7:
+            mask.view(-1)[:10] = 1.0  # changed in place, not by an update
+            t.view(-1)[:10] = 1.0
+        expected = update_mask(layer.weight, t, a, b)
+        pruned, spliced = handle.update(a, b)
+        assert (pruned, spliced) == (int(((t == 1) & (expected == 0)).sum()), int(((t == 0) & (expected == 1)).sum()))
+        t = expected
+        assert torch.equal(mask, t)
+        assert torch.equal(weight_seen_by_forward(layer), layer.weight * t)
+        seen_sparse |= int(t.sum()) * dns.masks.SPARSE <= t.numel()
+    assert seen_sparse
+    if dtype == torch.float32:  # every path of numba's: merged, overflowed, rebuilt after an outside change
+        assert all(count >= 2 for count in calls.values()), calls
