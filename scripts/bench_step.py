@@ -13,8 +13,9 @@ learning rate and weight decay, per-layer c, iter_stop, gamma and power) and tim
   worst   the masked model updating every layer's mask at every step (gamma = 0).
 All four start from one dense reference. With --data mnist (the default; MNIST from $DNS_DATA) it is trained
 for --reference-steps steps first and every step takes a real batch, so that weights and masks are those of
-a real run (fc1 of lenet300 keeps about 1.5 %). --data random takes random images and the untrained model,
-as this script did before 2026-12-03; the recipe's thresholds then prune most layers to nothing.
+a real run's early surgery (lenet300's fc1 keeps 0.04 % in `masked`, 0.5 % in `gated` by the last round; a
+whole surgery stage splices it back to 1.5 %). --data random takes random images and the untrained model,
+as this script did before 2026-12-03; the recipe's thresholds then prune fc1 and fc2 to nothing.
 The four are interleaved over --repeats rounds, so that drifts of the machine hit all four alike; every round
 of `gated` draws the same gates. Each one's ratio to dense is printed for the median round and for the
 fastest round: on a shared machine other processes only ever add time, so the fastest rounds show the cost
