@@ -100,8 +100,7 @@ class Mask:
         if self._dense is not None:
             self.param.data, self._dense = self._dense, None
 
-    @torch.no_grad()
-    def update(self, a: float, b: float) -> tuple[int, int]:
+    def update(self, a: float, b: float) -> tuple[int, int]:  # (no torch.no_grad decorator: 1.6 µs a call)
         """Re-decide T with the surgery rule h (`dns.thresholds.update_mask`): prune where |w| <= a, splice
         where |w| > b. Returns how many entries it pruned and spliced."""
         dense, mask = self.dense, self.mask
@@ -118,6 +117,7 @@ class Mask:
         return changed - spliced, spliced
 
 
+@torch.no_grad()
 def update_mask_torch_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
     """`Mask.update` in torch ops, for any device: T updated in place; returns (pruned, spliced)."""
     magnitude = weight.abs()

@@ -304,7 +304,7 @@ class Trainer:
             "phase": self.phase, "phases": list(self.phases),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "batches": self.batches.state_dict(), "rng": rng_states(),
-            "gate": self.surgeon.generator.get_state() if self.surgeon else None,
+            "gate": self.surgeon.draws.state_dict() if self.surgeon else None,
             "history": self.history.state_dict(),
             "running": {"loss_sum": self.loss_sum.cpu(), "wrong": self.wrong.cpu(), "steps": self.steps,
                         "seen": self.seen},
@@ -324,7 +324,7 @@ class Trainer:
         self.batches.load_state_dict(resume["batches"])
         set_rng_states(resume["rng"])
         if resume["gate"] is not None:
-            self.surgeon.generator.set_state(resume["gate"])
+            self.surgeon.draws.load_state_dict(resume["gate"])
         running = resume["running"]
         self.loss_sum, self.wrong = running["loss_sum"].to(self.device), running["wrong"].to(self.device)
         self.steps, self.seen = running["steps"], running["seen"]

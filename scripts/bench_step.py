@@ -40,6 +40,7 @@ from dns.config import RunConfig
 from dns.data import SplitBatches, load_split
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import build_optimizer
+from dns.surgeon import GateDraws
 from dns.train import build_surgeon, surgery_phases
 
 
@@ -60,7 +61,7 @@ def batches_of(cfg: RunConfig, data: str):
 def make_step(model: nn.Module, optimizer, surgeon, batches, iterations):
     def run(steps: int) -> float:
         if surgeon is not None:
-            surgeon.generator.manual_seed(0)  # the same gates every round
+            surgeon.draws = GateDraws(0)  # the same gates every round
         start = time.perf_counter()
         for k in range(steps):
             if surgeon is not None:

@@ -8,7 +8,7 @@ from torch import nn
 from dns.config import RunConfig
 from dns.models import get_model
 from dns.report import layer_rows, totals
-from dns.surgeon import Surgeon, select_layers
+from dns.surgeon import GateDraws, Surgeon, select_layers
 from dns.train import build_surgeon, surgery_phases
 
 KINDS = {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc"}
@@ -90,6 +90,20 @@ def test_the_gate_follows_sigma_and_stops_at_iter_stop():
     expected = sum((1 + 1e-3 * i) ** -1 for i in range(3000))  # ≈ 1386
     assert abs(updates - expected) < 5 * math.sqrt(expected)
     assert sum(surgeon.step(i) for i in range(3000, 3500)) == 0  # frozen from iter_stop on
+
+
+def test_gate_draws_are_those_of_one_call_per_draw_and_resume_mid_block():
+    expected = torch.Generator().manual_seed(7)
+    one_by_one = [torch.rand(1, generator=expected).item() for _ in range(2500)]
+    draws = GateDraws(7)
+    taken = [x for n in [3] * 500 for x in draws.take(n)]  # crosses two block boundaries
+    assert taken == one_by_one[:1500]
+    resumed = GateDraws(0)
+    resumed.load_state_dict(draws.state_dict())  # 1500 = 1024 + 476 used
+    assert resumed.take(1000) == one_by_one[1500:2500]
+    legacy = GateDraws(0)  # a checkpoint that kept the generator's state alone
+    legacy.load_state_dict(torch.Generator().manual_seed(7).get_state())
+    assert legacy.take(4) == one_by_one[:4]
 
 
 def test_layers_outside_the_selection_keep_their_masks():
