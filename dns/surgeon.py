@@ -89,7 +89,7 @@ class LayerState:
 class GateDraws:
     """The stream of uniform draws that decide whether a layer's gate opens, fetched BLOCK at a time.
 
-    One torch call per 1,024 draws rather than one per iteration (about 10 µs of LeNet-300's 1 ms step).
+    One torch call per 1,024 draws rather than one per iteration (14 µs of a gated LeNet-300 step of 1.3 ms).
     torch draws a float32 stream one value after another, so the values are those of one call per draw.
     """
 
@@ -101,13 +101,16 @@ class GateDraws:
         self._block: list[float] = []
         self._used = 0
 
+    def _next_block(self) -> None:
+        self._start = self.generator.get_state()
+        self._block, self._used = torch.rand(self.BLOCK, generator=self.generator).tolist(), 0
+
     def take(self, n: int) -> list[float]:
         """The next `n` draws."""
         draws = []
         for _ in range(n):
             if self._used == len(self._block):
-                self._start = self.generator.get_state()
-                self._block, self._used = torch.rand(self.BLOCK, generator=self.generator).tolist(), 0
+                self._next_block()
             draws.append(self._block[self._used])
             self._used += 1
         return draws
@@ -120,8 +123,8 @@ class GateDraws:
             state = {"generator": state, "used": 0}
         self.generator.set_state(state["generator"])
         self._start, self._block, self._used = state["generator"], [], 0
-        if state["used"]:
-            self._block = torch.rand(self.BLOCK, generator=self.generator).tolist()
+        if state["used"]:  # draw the block again and skip what was used of it
+            self._next_block()
             self._used = state["used"]
 
 
