@@ -42,6 +42,7 @@ class DatasetConfig:
     download: bool = True
     batch_size: int = 64
     shuffle: bool = True  # False: file order every epoch, as Caffe reads its LMDB (mnist, fashion_mnist)
+    max_shift: int = 0  # mnist, fashion_mnist: training images moved by up to this many pixels (augmentation)
     test_batch_size: int = 1000
     num_classes: int = 10
     workers: int = 4  # imagenet: DataLoader worker processes that decode and augment the images
@@ -173,6 +174,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     require(run.model.name in list_models(),
             f"unknown model {run.model.name!r}: use model=<{'|'.join(list_models())}>")
     require(run.dataset.name in DATASETS, f"unknown dataset {run.dataset.name!r}: use dataset=<{'|'.join(DATASETS)}>")
+    require(run.dataset.max_shift == 0 or run.dataset.name != "imagenet",
+            "dataset.max_shift moves MNIST-style images; imagenet crops its own: drop the override")
     require(run.optimizer.name in OPTIMIZERS, f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
     require(run.lr_policy.name in LR_POLICIES, f"lr_policy.name must be one of {', '.join(LR_POLICIES)}")
     require(run.finetune.anneal in ANNEALS,
@@ -183,7 +186,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                        ("surgery.weight_decay", s.weight_decay), ("finetune.weight_decay", run.finetune.weight_decay),
                        ("lr_policy.gamma", run.lr_policy.gamma), ("lr_policy.power", run.lr_policy.power),
                        ("seed", run.seed), ("checkpoint.every", run.checkpoint.every),
-                       ("dataset.workers", run.dataset.workers)]:
+                       ("dataset.workers", run.dataset.workers), ("dataset.max_shift", run.dataset.max_shift)]:
         require(value is None or value >= 0, f"{key}={value} is negative: give a value >= 0")
     for key, value in [("optimizer.lr", run.optimizer.lr), ("surgery.lr", s.lr), ("finetune.lr", run.finetune.lr),
                        ("dataset.batch_size", run.dataset.batch_size),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchvision import datasets
 
 from dns.config import DatasetConfig
@@ -70,6 +71,18 @@ def load_split(cfg: DatasetConfig, train: bool) -> Split:
     return Split(ds.data.unsqueeze(1).float().div_(256.0), ds.targets.long())
 
 
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image moved by its own random whole-pixel offset in [-max_shift, max_shift] along each axis; the
+    border pixels (MNIST's background) fill what moves in."""
+    n, c, h, w = images.shape
+    side = w + 2 * max_shift
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate").view(n, c, -1)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1, 1), generator=generator).to(images.device)
+    window = torch.arange(h, device=images.device)[:, None] * side + torch.arange(w, device=images.device)
+    index = window.view(1, 1, -1) + (dy * side + dx)  # each image's window into its padded copy, flattened
+    return padded.gather(2, index.expand(n, c, -1)).view(n, c, h, w)
+
+
 class SplitBatches:
     """Endless mini-batches of an in-memory split, reshuffled every epoch by a generator of its own.
 
@@ -77,12 +90,14 @@ class SplitBatches:
     In a distributed run rank r of `world_size` takes the r-th of every world_size consecutive batches.
     With `shuffle` False the samples come in file order, epoch after epoch, a batch running over the end
     of one epoch into the next: how Caffe's data layer reads the MNIST LMDB the authors trained on.
+    With `max_shift` > 0 each image is moved by up to that many pixels (`random_shift`), drawn from the
+    same generator, so a resumed run sees the same shifts.
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+                 shuffle: bool = True, max_shift: int = 0):
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
-        self.shuffle = shuffle
+        self.shuffle, self.max_shift = shuffle, max_shift
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.position = 0
@@ -112,4 +127,7 @@ class SplitBatches:
             index = (self.position + self.rank * self.batch_size + torch.arange(self.batch_size)) % count
             self.position = (self.position + span) % count
         index = index.to(self.split.labels.device)
-        return self.split.images[index], self.split.labels[index]
+        images = self.split.images[index]
+        if self.max_shift > 0:
+            images = random_shift(images, self.max_shift, self.generator)
+        return images, self.split.labels[index]

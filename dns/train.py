@@ -140,7 +140,7 @@ def build_data(cfg: RunConfig, device: torch.device, rank: int, world_size: int)
                                      rank, world_size, d.pixels)
     else:
         batches = SplitBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size,
-                               d.shuffle)
+                               d.shuffle, d.max_shift)
     return batches, evaluator(d, device)
 
 

@@ -68,6 +68,8 @@ BAD_INPUT = [
     (["checkpoint.every=-5"], "checkpoint.every=-5 is negative"),
     (["optimizer.momentum=1"], "optimizer.momentum=1.0 must lie in [0, 1)"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 must be > 0"),
+    (["dataset.max_shift=-1"], "dataset.max_shift=-1 is negative"),
+    (["model=alexnet", "dataset=imagenet", "dataset.max_shift=1"], "dataset.max_shift moves MNIST-style images"),
     (["surgery.c=high"], "Value 'high' of type 'str' could not be converted to Float"),
     (["seed=1.5"], "Value '1.5' of type 'float' could not be converted to Integer"),
     (["surgery.cc=1"], "Key 'cc' not in 'SurgeryConfig'"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dns.config import DatasetConfig
-from dns.data import SplitBatches, Split, load_split, prepare_dataset
+from dns.data import SplitBatches, Split, load_split, prepare_dataset, random_shift
 
 
 def write_idx(path, data: torch.Tensor):
@@ -80,3 +80,29 @@ def test_unshuffled_batches_read_the_file_order_across_epochs_like_caffe():
     resumed = SplitBatches(split, batch_size=4, seed=5, shuffle=False)
     resumed.load_state_dict(state)
     assert next(resumed)[1].tolist() == next(batches)[1].tolist() == [6, 7, 8, 9]
+
+
+def test_random_shift_moves_each_image_by_its_own_offset_within_the_bound():
+    images = torch.rand(64, 1, 6, 6)
+    images[:, :, 0, :] = images[:, :, -1, :] = images[:, :, :, 0] = images[:, :, :, -1] = 0.0  # background border
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    offsets = []
+    for image, moved in zip(padded, shifted):
+        found = [(dy, dx) for dy in range(3) for dx in range(3) if torch.equal(image[:, dy:dy + 6, dx:dx + 6], moved)]
+        assert found, "an image moved by more than one pixel, or was changed otherwise"
+        offsets.append(found[0])
+    assert len(set(offsets)) == 9  # all nine offsets of 64 draws, not one offset for the whole batch
+
+
+def test_shifted_batches_resume_with_the_same_shifts():
+    split = Split(torch.rand(10, 1, 5, 5), torch.arange(10))
+    batches = SplitBatches(split, batch_size=3, seed=1, max_shift=2)
+    next(batches)
+    state = batches.state_dict()
+    expected = [next(batches)[0] for _ in range(4)]
+    resumed = SplitBatches(split, batch_size=3, seed=7, max_shift=2)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(next(resumed)[0], images) for images in expected)
+    plain = SplitBatches(split, batch_size=3, seed=1)
+    assert not torch.equal(next(plain)[0], SplitBatches(split, batch_size=3, seed=1, max_shift=2).__next__()[0])
