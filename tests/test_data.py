@@ -104,5 +104,5 @@ def test_shifted_batches_resume_with_the_same_shifts():
     resumed = SplitBatches(split, batch_size=3, seed=7, max_shift=2)
     resumed.load_state_dict(state)
     assert all(torch.equal(next(resumed)[0], images) for images in expected)
-    plain = SplitBatches(split, batch_size=3, seed=1)
-    assert not torch.equal(next(plain)[0], SplitBatches(split, batch_size=3, seed=1, max_shift=2).__next__()[0])
+    plain, shifted = SplitBatches(split, batch_size=3, seed=1), SplitBatches(split, batch_size=3, seed=1, max_shift=2)
+    assert not torch.equal(next(plain)[0], next(shifted)[0])
