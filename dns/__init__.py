@@ -1,8 +1,17 @@
-"""Dynamic Network Surgery (Guo, Yao & Chen, NIPS 2016) as a PyTorch experiment runner."""
+"""Dynamic Network Surgery (Guo, Yao & Chen, NIPS 2016) for PyTorch: a library and an experiment runner.
 
+    surgeon = dns.Surgeon(model, c=1.0)   # masks on every Conv2d/Linear, thresholds from the current weights
+    for images, labels in loader:         # your own loop
+        ...; loss.backward(); optimizer.step()
+        surgeon.step()                    # the σ-gated mask update of one iteration
+    print(surgeon.markdown())             # the per-layer table
+    surgeon.remove()                      # W ⊙ T baked in: an ordinary model
+    dns.save(model, "model.dns")          # the compact file; dns.load("model.dns", model=MyNet()) reads it
 
-def load(path):
-    """A plain PyTorch model from a compact `.dns` file (see dns.export and docs/format.md)."""
-    from dns.export import load as load_dns
+`dns-train` runs the paper's experiments with this same `Surgeon`.
+"""
 
-    return load_dns(path)
+from dns.export import load, save
+from dns.surgeon import Surgeon
+
+__all__ = ["Surgeon", "load", "save"]

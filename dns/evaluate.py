@@ -59,8 +59,7 @@ def restore(checkpoint: dict[str, Any]) -> tuple[nn.Module, Surgeon]:
     model = get_model(checkpoint["model"], num_classes=checkpoint["num_classes"])
     model.load_state_dict(checkpoint["state_dict"])
     masks = checkpoint.get("masks") or {}
-    surgeon = Surgeon(model, c={}, iter_stop={}, prune_bias=any(k.endswith(".bias") for k in masks),
-                      initial_masks=masks)
+    surgeon = Surgeon(model, layers=[], prune_bias=any(k.endswith(".bias") for k in masks), masks=masks)
     surgeon.load_layer_settings(checkpoint.get("layers") or {})
     return model, surgeon
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dns.masks import mask_state_dict, plain_state_dict
 from dns.models import get_model
 
 MAGIC, VERSION = b"DNSX", 1
@@ -73,8 +74,15 @@ def to_bytes(checkpoint: dict[str, Any], value_type: str = "float32") -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def save(checkpoint: dict[str, Any], path: Path, value_type: str = "float32") -> int:
-    """Write the compact file of a checkpoint's pruned model; returns its size in bytes."""
+def checkpoint_of(model: nn.Module) -> dict[str, Any]:
+    """A model of any architecture, masked or not, in the checkpoint form `to_bytes` takes (no registry name)."""
+    return {"model": None, "num_classes": None, "state_dict": plain_state_dict(model), "masks": mask_state_dict(model)}
+
+
+def save(source: dict[str, Any] | nn.Module, path: str | Path, value_type: str = "float32") -> int:
+    """Write the compact file of a pruned model: a checkpoint, or an `nn.Module` (masked by a `dns.Surgeon`, or
+    after its `remove()`); returns the file's size in bytes. `dns.load` reads it back."""
+    checkpoint = checkpoint_of(source) if isinstance(source, nn.Module) else source
     data = to_bytes(checkpoint, value_type)
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     tmp.write_bytes(data)
@@ -111,10 +119,14 @@ def read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def load(path: str | Path) -> nn.Module:
-    """A plain PyTorch model (no masks, no wrappers) from a `.dns` file, in eval mode."""
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """A plain PyTorch model (no masks, no wrappers) from a `.dns` file, in eval mode: the file's tensors
+    loaded into `model`, or into the `dns.models` architecture the file names."""
     header, tensors = read(Path(path).read_bytes())
-    model = get_model(header["model"], num_classes=header["num_classes"])
+    if model is None:
+        if header["model"] is None:
+            raise ValueError(f"{path} holds a model of your own: pass it, dns.load(path, model=YourModel())")
+        model = get_model(header["model"], num_classes=header["num_classes"])
     model.load_state_dict(tensors)
     return model.eval()
 

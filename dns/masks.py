@@ -1,186 +1,218 @@
 """Binary masks on parameters, with the straight-through gradient of DNS.
 
-As in `torch.nn.utils.prune`, a masked parameter `module.<name>` keeps its 0/1 mask T in the buffer
-`module.<name>_mask` and a forward pre-hook applies it. Unlike prune, `module.<name>` stays the trainable
-`nn.Parameter` holding the dense W, and the backward hands W the full gradient of the masked weight, so
-pruned weights keep learning and can be spliced back.
+A masked parameter takes `torch.nn.utils.prune`'s layout: the dense W is the trainable `module.<name>_orig` (the
+optimizer updates it, pruned entries included) and the 0/1 mask T the buffer `module.<name>_mask`. Reading
+`module.<name>` computes W ⊙ T afresh, inside the autograd graph, as `torch.nn.utils.parametrize` does: the
+module's class is swapped for a subclass with a property of that name (`masked_class`), whose value comes from
+`StraightThrough`: its forward is exactly W * T, its backward hands W the gradient of W ⊙ T unchanged, so pruned
+weights keep learning and can be spliced back.
 
-How: for the forward pass the parameter is pointed (`.data`) at a second tensor holding W ⊙ T; as soon as
-its gradient is accumulated it is pointed back at W, which the optimizer then updates, pruned entries
-included. Forward and backward thus run exactly as in a dense step, on the masked values, with no autograd
-node (LeNet-300's steps take about 1 ms, so extra work shows). Outside a forward and its backward the
-parameter holds W: optimizers, state dicts and DDP see dense W.
-
-On CPU (float32) W ⊙ T is refreshed at the kept entries alone, from a list of their positions that the
-surgery rule (`Mask.update`) keeps current; a mask changed any other way (in place, loaded, moved) is
-noticed by its version and the list rebuilt. Elsewhere W ⊙ T is one multiplication.
+Because W ⊙ T is an ordinary tensor of the graph of the forward that made it, nothing has to be put back
+afterwards: two forwards before their backwards, a kept graph, a forward with no backward, an exception, a
+mask changed between two forwards, autocast, `torch.compile`, `model.double()` all see what they would see
+in a dense model whose weight is W ⊙ T. A tensor shared by two modules is refused: its mask would be ambiguous.
+(`parametrize` itself gives the same semantics, but its property and module calls cost a LeNet-300-100 step
+about 10 % more than this one property; BENCHMARKS.md.)
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
 from dns import kernels
 
-CHANGES = 4096  # mask changes per update merged into the kept list; an update with more rebuilds it
-SPARSE = 16  # W ⊙ T is refreshed at the kept entries alone when at most 1 in SPARSE is kept (fc1: 1 in 60)
+
+class StraightThrough(torch.autograd.Function):
+    """W ⊙ T forward, the identity backward to W (T gets no gradient): the straight-through rule of DNS."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # (the combined forward: a separate setup_context costs 40 µs a call on fc1 of LeNet-300-100)
+        return weight * mask  # nothing saved: a mask changed after this forward cannot reach its backward
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
 
 
-class FlatViews(NamedTuple):
-    """W, T and W ⊙ T as flat numpy arrays over the tensors' own memory, for the numba passes."""
+def _masked_property(name: str) -> property:
+    dense_key, mask_key = f"{name}_orig", f"{name}_mask"
 
-    dense: np.ndarray
-    mask: np.ndarray
-    masked: np.ndarray
+    def masked(module: nn.Module) -> torch.Tensor:
+        return StraightThrough.apply(module._parameters[dense_key], module._buffers[mask_key])
 
-
-class Mask:
-    """The mask of one parameter, and the swap that shows the forward pass W ⊙ T."""
-
-    def __init__(self, module: nn.Module, name: str, mask: torch.Tensor):
-        self.module = module
-        self.param: nn.Parameter = getattr(module, name)
-        self.buffer = f"{name}_mask"
-        module.register_buffer(self.buffer, mask)
-        self._dense: torch.Tensor | None = None  # W, while the parameter holds W ⊙ T
-        self._masked: torch.Tensor | None = None  # the tensor that holds W ⊙ T, reused step after step
-        self._views: FlatViews | None = None  # None off float32 CPU tensors
-        self._views_of: tuple[int, int] | None = None  # the storage of W and T they view
-        self._kept: np.ndarray | None = None  # the flat positions of T's ones, ascending (CPU)
-        self._synced: int | None = None  # T's version when _masked and _kept last matched it
-        self._changes: np.ndarray | None = None  # scratch: the positions an update changed
-        self.param.register_post_accumulate_grad_hook(lambda _: self.show_dense())
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """The live mask T; looked up on the module, so `.to()` and `load_state_dict` reach it."""
-        return self.module._buffers[self.buffer]
-
-    @property
-    def dense(self) -> torch.Tensor:
-        """The dense W, whichever tensor the parameter holds at the moment."""
-        return self.param.data if self._dense is None else self._dense
-
-    def _flat_views(self, dense: torch.Tensor, mask: torch.Tensor) -> FlatViews | None:
-        """The numpy views of W, T and W ⊙ T, made again only when W or T moves to other memory (a view
-        keeps its tensor alive, so the same address means the same tensor); None unless float32 on CPU."""
-        where = (dense.data_ptr(), mask.data_ptr())
-        if where != self._views_of:
-            if self._masked is None or self._masked.shape != dense.shape or self._masked.device != dense.device:
-                with torch.inference_mode(False):  # a tensor made under inference mode could not be written later
-                    self._masked = torch.empty_like(dense)
-            flat = (dense.device.type == "cpu" and dense.dtype == mask.dtype == torch.float32
-                    and dense.is_contiguous() and mask.is_contiguous())
-            self._views = FlatViews(dense.view(-1).numpy(), mask.view(-1).numpy(),
-                                    self._masked.view(-1).numpy()) if flat else None
-            self._changes = np.empty(min(mask.numel(), CHANGES), np.int64) if flat else None
-            self._views_of, self._synced = where, None
-        return self._views
-
-    def show_masked(self) -> None:
-        dense, mask = self.dense, self.mask  # dense: also after a forward with autograd on whose backward never ran
-        views = self._flat_views(dense, mask)
-        if views is None:
-            torch.mul(dense, mask, out=self._masked)
-        elif self._synced != mask._version:  # first use, or T changed by other means than `update`
-            torch.mul(dense, mask, out=self._masked)
-            self._kept = mask.view(-1).nonzero().view(-1).numpy()
-            self._synced = mask._version
-        elif len(self._kept) * SPARSE <= len(views.dense):
-            kernels.refresh(views.dense, views.masked, self._kept)
-        else:  # a fuller mask: streaming through all of W beats jumping to each kept entry
-            torch.mul(dense, mask, out=self._masked)
-        self._dense, self.param.data = dense, self._masked
-
-    def show_dense(self) -> None:
-        if self._dense is not None:
-            self.param.data, self._dense = self._dense, None
-
-    def update(self, a: float, b: float) -> tuple[int, int]:  # (no torch.no_grad decorator: 1.6 µs a call)
-        """Re-decide T with the surgery rule h (`dns.thresholds.update_mask`): prune where |w| <= a, splice
-        where |w| > b. Returns how many entries it pruned and spliced."""
-        dense, mask = self.dense, self.mask
-        views = self._flat_views(dense, mask)
-        if views is None:
-            return update_mask_torch_(dense, mask, a, b)
-        if self._synced != mask._version:  # no kept list yet: the plain pass, and a rebuild at the next forward
-            return kernels.rule_pass(views.dense, views.mask, a, b)
-        changed, spliced = kernels.rule_pass_kept(views.dense, views.mask, self._kept, a, b, self._changes)
-        if changed > self._changes.size:
-            self._synced = None
-        elif changed:  # (writes through numpy leave T's version as it was)
-            self._kept = kernels.merge_changes(self._kept, self._changes[:changed], views.masked)
-        return changed - spliced, spliced
+    return property(masked, doc=f"W ⊙ T of {dense_key} and {mask_key}, computed at each read")
 
 
-@torch.no_grad()
+def masked_class(base: type, names: tuple[str, ...]) -> type:
+    """`base` (e.g. nn.Linear) with the properties that make `names` read as W ⊙ T: a class of its own for each
+    module and each change, so that changing one module never changes another."""
+    if not names:
+        return base
+    namespace = {name: _masked_property(name) for name in names}
+    return type(f"Masked{base.__name__}", (base,), {"_dns_base": base, "_dns_masked": names,
+                                                   "__reduce_ex__": _reduce_masked, **namespace})
+
+
+def _reduce_masked(module: nn.Module, protocol: int):
+    # pickle and deepcopy rebuild the class from its base and names: `torch.save(model)` works, and a copy
+    # gets a class of its own
+    return _new_masked, (type(module)._dns_base, type(module)._dns_masked), module.__getstate__()
+
+
+def _new_masked(base: type, names: tuple[str, ...]) -> nn.Module:
+    module = base.__new__(base)
+    module.__class__ = masked_class(base, names)
+    return module
+
+
+def masked_names(module: nn.Module) -> tuple[str, ...]:
+    return getattr(type(module), "_dns_masked", ())
+
+
+def is_masked(module: nn.Module, name: str) -> bool:
+    return name in masked_names(module)
+
+
+def dense(module: nn.Module, name: str) -> torch.Tensor:
+    """The trainable dense W of `module.<name>`, masked or not."""
+    return module._parameters[f"{name}_orig"] if is_masked(module, name) else getattr(module, name)
+
+
+def mask_of(module: nn.Module, name: str) -> torch.Tensor:
+    """The live mask T of `module.<name>`."""
+    return module._buffers[f"{name}_mask"]
+
+
+def update_mask_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
+    """The surgery rule h (`dns.thresholds.update_mask`) on `mask` in place from the dense `weight`: prune where
+    |w| <= a, splice where |w| > b. Returns (pruned, spliced). One fused pass over float32 CPU tensors
+    (`dns.kernels`), torch operations elsewhere; both compare in the tensors' precision."""
+    weight = weight.detach()
+    if (weight.device.type == "cpu" and weight.dtype == mask.dtype == torch.float32
+            and weight.is_contiguous() and mask.is_contiguous()):
+        return kernels.rule_pass(weight.numpy(), mask.numpy(), a, b)
+    return update_mask_torch_(weight, mask, a, b)
+
+
 def update_mask_torch_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
-    """`Mask.update` in torch ops, for any device: T updated in place; returns (pruned, spliced)."""
-    magnitude = weight.abs()
-    scratch = torch.empty_like(mask)
-    before = mask.sum()
-    mask.mul_(torch.gt(magnitude, a, out=scratch))  # prune at or below a
-    kept = mask.sum()
-    torch.maximum(mask, torch.gt(magnitude, b, out=scratch), out=mask)  # splice above b
-    return int(before - kept), int(mask.sum() - kept)
-
-
-def _show_masked(module: nn.Module, inputs) -> None:
-    for mask in module.dns_masks.values():
-        mask.show_masked()
-
-
-def _show_dense_after_inference(module: nn.Module, inputs, output) -> None:
-    # with autograd on, the backward pass still needs W ⊙ T: the gradient hook swaps back then
-    if not torch.is_grad_enabled():
-        for mask in module.dns_masks.values():
-            mask.show_dense()
+    """`update_mask_` in torch operations, for any device and dtype."""
+    with torch.no_grad():
+        magnitude = weight.abs()
+        before = mask.sum()
+        mask.mul_(magnitude > a)  # prune at or below a
+        kept = mask.sum()
+        torch.maximum(mask, (magnitude > b).to(mask.dtype), out=mask)  # splice above b
+        return int(before - kept), int(mask.sum() - kept)
 
 
 def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask `module.<name>` (all ones unless `mask` is given) and return the live mask buffer."""
-    param = getattr(module, name)
-    initial = torch.ones_like(param) if mask is None else mask.to(param.device, param.dtype)
-    if not hasattr(module, "dns_masks"):
-        module.dns_masks = {}
-        module.register_forward_pre_hook(_show_masked)
-        module.register_forward_hook(_show_dense_after_inference)
-    module.dns_masks[name] = Mask(module, name, initial.detach().clone())
-    return module.dns_masks[name].mask
+    """Mask `module.<name>` (all ones unless `mask` is given); returns the live mask buffer."""
+    if is_masked(module, name):
+        raise ValueError(f"{type(module).__name__}.{name} is already masked")
+    param = module._parameters.get(name)
+    if param is None:
+        raise ValueError(f"{type(module).__name__} has no parameter {name!r} to mask")
+    initial = torch.ones_like(param) if mask is None else mask.detach().to(param.device, param.dtype).clone()
+    if initial.shape != param.shape:
+        raise ValueError(f"a mask of shape {list(initial.shape)} does not fit {name} of shape {list(param.shape)}")
+    _rename(module._parameters, name, f"{name}_orig")  # the same Parameter: an optimizer over it stays valid
+    module.register_buffer(f"{name}_mask", initial)
+    base = getattr(type(module), "_dns_base", type(module))
+    module.__class__ = masked_class(base, masked_names(module) + (name,))
+    return initial
 
 
-def attach_masks(layers: dict[str, nn.Module], prune_bias: bool = True,
-                 initial: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """Mask the weight (and the bias, if `prune_bias`) of every layer in `layers`.
+def _rename(entries: dict, old: str, new: str) -> None:
+    """Rename a key in place, keeping its position (the order of `parameters()` and of the state dict)."""
+    items = list(entries.items())
+    entries.clear()
+    entries.update((new if key == old else key, value) for key, value in items)
 
-    `initial` maps parameter names such as 'fc1.weight' to starting masks; others start at all ones.
-    Returns the live mask buffers as {layer name: {'weight': T, 'bias': T}}.
+
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """id of every parameter -> the qualified names under which distinct modules hold it."""
+    owners: dict[int, list[str]] = {}
+    for prefix, module in model.named_modules():
+        for key, value in module._parameters.items():
+            if value is not None:
+                owners.setdefault(id(value), []).append(f"{prefix}.{key}" if prefix else key)
+    return owners
+
+
+def attach_masks(model: nn.Module, layers: dict[str, nn.Module], prune_bias: bool = True,
+                 initial: dict[str, torch.Tensor] | None = None) -> None:
+    """Mask the weight (and the bias, if `prune_bias`) of every layer in `layers` (name -> module of `model`).
+
+    `initial` maps parameter names such as 'fc1.weight' to starting masks; others start at all ones. A
+    parameter already masked, or that another module holds too (tied weights), is refused before anything is
+    masked.
     """
     initial = initial or {}
-    live: dict[str, dict[str, torch.Tensor]] = {}
+    owners = _owners(model)
+    keys = {name: [k for k in ("weight", "bias") if getattr(module, k, None) is not None
+                   and (k == "weight" or prune_bias)] for name, module in layers.items()}
     for name, module in layers.items():
-        keys = ["weight"] + (["bias"] if prune_bias and module.bias is not None else [])
-        live[name] = {key: attach_mask(module, key, initial.get(f"{name}.{key}")) for key in keys}
-    return live
+        for key in keys[name]:
+            if is_masked(module, key):
+                raise ValueError(f"{name}.{key} is already masked: one Surgeon per model (remove() the other first)")
+            holders = owners.get(id(dense(module, key)), [])
+            if len(holders) > 1:
+                raise ValueError(f"{' and '.join(holders)} are one tied tensor; DNS cannot mask a parameter that "
+                                 f"two modules share: leave {name} out of the layers, or untie it")
+            if initial.get(f"{name}.{key}") is not None and initial[f"{name}.{key}"].shape != dense(module, key).shape:
+                raise ValueError(f"a mask of shape {list(initial[f'{name}.{key}'].shape)} does not fit {name}.{key} "
+                                 f"of shape {list(dense(module, key).shape)}")
+    for name, module in layers.items():
+        for key in keys[name]:
+            attach_mask(module, key, initial.get(f"{name}.{key}"))
 
 
-def named_masks(model: nn.Module):
-    """('fc1.weight', its Mask) for every masked parameter of `model`."""
+def named_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """('fc1.weight', the module, 'weight') for every masked parameter of `model`."""
     for prefix, module in model.named_modules():
-        for key, mask in getattr(module, "dns_masks", {}).items():
-            yield f"{prefix}.{key}" if prefix else key, mask
+        for key in masked_names(module):
+            yield (f"{prefix}.{key}" if prefix else key), module, key
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict under plain names ('fc1.weight'), holding the dense W, without masks."""
-    buffers = {f"{name}_mask" for name, _ in named_masks(model)}
-    return {key: value for key, value in model.state_dict().items() if key not in buffers}
+    """The model's state dict under plain names ('fc1.weight'), holding the dense W, without masks: it loads
+    into the unmasked model."""
+    renamed = {f"{name}_orig": name for name, _, _ in named_masks(model)}
+    dropped = {f"{name}_mask" for name, _, _ in named_masks(model)}
+    return {renamed.get(k, k): v for k, v in model.state_dict().items() if k not in dropped}
 
 
 def mask_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every mask of the model as a bool tensor under the name of the parameter it masks."""
-    return {name: mask.mask.bool().clone() for name, mask in named_masks(model)}
+    return {name: mask_of(module, key).bool().clone() for name, module, key in named_masks(model)}
+
+
+def load_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Copy `masks` ('fc1.weight' -> 0/1 or bool tensor) into the model's live masks; every name must be masked."""
+    live = {name: mask_of(module, key) for name, module, key in named_masks(model)}
+    unknown = sorted(set(masks) - set(live))
+    if unknown:
+        raise KeyError(f"no masked parameter named {', '.join(unknown)}")
+    with torch.no_grad():
+        for name, value in masks.items():
+            live[name].copy_(value)
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """W ⊙ T baked into each masked parameter, masks gone, every module of its own class again: an ordinary
+    model (the same Parameter objects, so an optimizer over them stays valid). Returns `model`."""
+    for module in model.modules():
+        names = masked_names(module)
+        if not names:
+            continue
+        module.__class__ = type(module)._dns_base
+        for name in names:
+            mask = module._buffers.pop(f"{name}_mask")
+            with torch.no_grad():
+                module._parameters[f"{name}_orig"].mul_(mask)  # exactly the W * T of the forward
+            _rename(module._parameters, f"{name}_orig", name)
+    return model

@@ -7,9 +7,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dns.surgeon import LayerState, Surgeon
+if TYPE_CHECKING:  # (dns.surgeon imports this module)
+    from dns.surgeon import LayerState, Surgeon
 
 
 def ratio(numerator: int, denominator: int) -> float | None:
@@ -17,7 +18,7 @@ def ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def layer_rows(surgeon: Surgeon) -> list[dict[str, Any]]:
+def layer_rows(surgeon: "Surgeon") -> list[dict[str, Any]]:
     """One row per prunable layer: the paper's Tables 2-3 plus the surgery state behind them."""
     rows = []
     for layer in surgeon.layers:
@@ -69,7 +70,7 @@ class History:
         return {"rows": list(self.rows), "pruned": self.pruned, "spliced": self.spliced}
 
     def log(self, stage: str, step: int, iteration: int, *, lr: float, loss: float, train_error: float,
-            sigma: float | None, layers: list[LayerState] | None, test_error: float | None,
+            sigma: float | None, layers: "list[LayerState] | None", test_error: float | None,
             phase: str | None = None) -> dict[str, Any]:
         """Write a row; `layers` None means no masks yet (the dense reference: everything remains)."""
         row: dict[str, Any] = {"stage": stage, "step": step, "iteration": iteration, "lr": lr, "loss": loss,
@@ -105,46 +106,55 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def markdown_table(report: dict[str, Any]) -> str:
-    """report.md: the per-layer table in the form of the paper's Tables 2-3, and the errors."""
-    def pct(x: float) -> str:
-        return f"{x:.2f} %"
+def _pct(x: float) -> str:
+    return f"{x:.2f} %"
 
+
+def _times(x: float | None) -> str:
+    return "∞" if x is None else f"{x:.1f}×"
+
+
+def layer_table(rows: list[dict[str, Any]]) -> str:
+    """The per-layer table of `layer_rows` in the form of the paper's Tables 2-3, and the compression."""
     def num(x: float | None, digits: int = 4) -> str:
         return "" if x is None else f"{x:.{digits}g}"
 
-    def times(x: float | None) -> str:
-        return "∞" if x is None else f"{x:.1f}×"
+    total = totals(rows)
+    lines = ["| layer | parameters | remaining | remaining % | c | a | b | pruned | spliced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['params']:,} | {r['remaining']:,} | {_pct(r['remaining_pct'])} | "
+                     f"{num(r['c'])} | {num(r['a'])} | {num(r['b'])} | {r['pruned']:,} | {r['spliced']:,} |")
+    lines.append(f"| **total** | **{total['params']:,}** | **{total['remaining']:,}** | "
+                 f"**{_pct(total['remaining_pct'])}** | | | | | |")
+    lines += ["", f"Compression: **{_times(total['compression'])}** over weights and biases "
+                  f"({_times(total['weight_compression'])} over weights alone)."]
+    return "\n".join(lines) + "\n"
 
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """report.md: the per-layer table in the form of the paper's Tables 2-3, and the errors."""
     total, test = report["total"], report["test"]
     if total is None or test.get("final_error") is None:  # stopped before surgery: no masks to show
         return (f"# {report['model']} on {report['dataset']}: {report['status']}\n\n"
                 f"{report.get('error', '')}\n")
     lines = [f"# {report['model']} on {report['dataset']}: {report['status']}", "",
              *([f"Stopped early: {report['error']}", ""] if report.get("error") else []),
-             "| layer | parameters | remaining | remaining % | c | a | b | pruned | spliced |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["layers"]:
-        lines.append(f"| {r['name']} | {r['params']:,} | {r['remaining']:,} | {pct(r['remaining_pct'])} | "
-                     f"{num(r['c'])} | {num(r['a'])} | {num(r['b'])} | {r['pruned']:,} | {r['spliced']:,} |")
-    lines.append(f"| **total** | **{total['params']:,}** | **{total['remaining']:,}** | "
-                 f"**{pct(total['remaining_pct'])}** | | | | | |")
-    lines += ["", f"Compression: **{times(total['compression'])}** over weights and biases "
-                  f"({times(total['weight_compression'])} over weights alone).", ""]
+             layer_table(report["layers"])]
     if "bytes" in report:
         b = report["bytes"]
         lines += [f"Size on disk: {b['dense_float32']:,} bytes dense (float32) → {b['dns_float32']:,} bytes as .dns "
                   f"(**{b['ratio_float32']:.1f}×**), {b['dns_float16']:,} with float16 values "
                   f"({b['ratio_float16']:.1f}×).", ""]
     if test.get("reference_error") is not None:
-        lines.append(f"Test error: {pct(100 * test['reference_error'])} (reference) → "
-                     f"**{pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
+        lines.append(f"Test error: {_pct(100 * test['reference_error'])} (reference) → "
+                     f"**{_pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
     else:
-        lines.append(f"Test error: **{pct(100 * test['final_error'])}**.")
+        lines.append(f"Test error: **{_pct(100 * test['final_error'])}**.")
     if test.get("final_top5_error") is not None:
         before = test.get("reference_top5_error")
-        lines.append(f"Top-5 error: {'' if before is None else pct(100 * before) + ' (reference) → '}"
-                     f"**{pct(100 * test['final_top5_error'])}**.")
+        lines.append(f"Top-5 error: {'' if before is None else _pct(100 * before) + ' (reference) → '}"
+                     f"**{_pct(100 * test['final_top5_error'])}**.")
     if report.get("phases"):
         names = [r["name"] for r in report["layers"]]
         lines += ["", "Surgery phases (remaining % of each layer when the phase ended):", "",
@@ -152,8 +162,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                   "|---|---|---:|---:|" + "---:|" * len(names)]
         for i, phase in enumerate(report["phases"], 1):
             lines.append(f"| {i} | {', '.join(phase['layers'])} | {phase['iters']:,} | "
-                         f"{pct(100 * phase['test_error'])} | "
-                         + " | ".join(pct(phase["remaining_pct"][n]) for n in names) + " |")
+                         f"{_pct(100 * phase['test_error'])} | "
+                         + " | ".join(_pct(phase["remaining_pct"][n]) for n in names) + " |")
     if "iterations" in report:
         lines += ["", "| stage | iterations | wall seconds |", "|---|---:|---:|"]
         for stage, iters in report["iterations"].items():

@@ -1,15 +1,25 @@
-"""The surgeon: applies the DNS rules of `dns.thresholds` to the masked layers of a model."""
+"""The surgeon: Dynamic Network Surgery over any model, in the spirit of `torch.ao.pruning`.
+
+    surgeon = dns.Surgeon(model, c=1.0)   # masks on every conv and fc layer, thresholds from the weights now
+    ...                                   # the training loop, calling surgeon.step() once per iteration
+    print(surgeon.markdown())             # the per-layer table
+    surgeon.remove()                      # W ⊙ T baked into plain weights: an ordinary model
+
+The masks are `dns.masks`, the math is `dns.thresholds`; this module decides which layer
+updates its mask when, and keeps what a checkpoint needs to go on exactly (`state_dict`).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dns.masks import Mask, attach_masks
+from dns import masks as masking
 from dns.models import layer_kind, prunable_layers
+from dns.report import layer_rows, layer_table, totals
 from dns.thresholds import gate_open, magnitude_stats, thresholds
 
 # what a checkpoint keeps of each layer's surgery, beside its weights and masks
@@ -54,15 +64,13 @@ def select_layers(selection: str | list[str], kinds: dict[str, str]) -> list[str
 
 @dataclass
 class LayerState:
-    """One prunable layer: its live masks, its settings, thresholds and counts of mask changes."""
+    """One prunable layer: its settings, thresholds and counts of mask changes; its tensors are looked up
+    live on the module, so `model.to()`, `.double()` and `load_state_dict` reach them."""
 
     name: str
-    kind: str
-    params: dict[str, nn.Parameter]  # 'weight' / 'bias' -> the trainable parameter, holding the dense W
-    masks: dict[str, torch.Tensor]  # the same keys -> live mask buffer T (absent when not masked)
-    handles: dict[str, Mask]  # the same keys -> the Mask that applies T and re-decides it
+    module: nn.Module
     c: float | None = None  # None: not under surgery, its masks stay as they are
-    iter_stop: int = 0
+    iter_stop: int | None = None  # the mask is frozen from this iteration on (None: never)
     mu: float | None = None
     sigma: float | None = None
     a: float | None = None
@@ -71,19 +79,35 @@ class LayerState:
     spliced: int = 0  # connections restored
 
     @property
+    def kind(self) -> str:
+        return layer_kind(self.module)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Its masked parameters: ('weight', 'bias') or ('weight',)."""
+        return masking.masked_names(self.module)
+
+    @property
     def under_surgery(self) -> bool:
         return self.c is not None
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """'weight' / 'bias' -> the trainable dense tensor (W, not W ⊙ T)."""
+        return {key: masking.dense(self.module, key) for key in ("weight", "bias")
+                if getattr(self.module, key, None) is not None}
+
+    def mask(self, key: str) -> torch.Tensor:
+        """The live 0/1 mask of `key`."""
+        return masking.mask_of(self.module, key)
 
     def param_count(self, which: tuple[str, ...] = ("weight", "bias")) -> int:
         return sum(p.numel() for key, p in self.params.items() if key in which)
 
     def remaining(self, which: tuple[str, ...] = ("weight", "bias")) -> int:
         """Connections whose mask is 1 (an unmasked parameter counts in full)."""
-        total = 0
-        for key, p in self.params.items():
-            if key in which:
-                total += int(self.masks[key].count_nonzero()) if key in self.masks else p.numel()
-        return total
+        return sum(int(self.mask(key).count_nonzero()) if key in self.keys else p.numel()
+                   for key, p in self.params.items() if key in which)
 
 
 class GateDraws:
@@ -128,65 +152,123 @@ class GateDraws:
             self._used = state["used"]
 
 
-@dataclass
+def _per_layer(name: str, values: dict | None, names: list[str]) -> dict:
+    values = dict(values or {})
+    unknown = [key for key in values if key not in names]
+    if unknown:
+        raise ValueError(f"{name} names {', '.join(map(repr, unknown))}, not a conv or fc layer of the model; "
+                         f"its layers are {', '.join(names)}")
+    return values
+
+
+def _check(name: str, value, low: float = -math.inf, high: float = math.inf, high_open: bool = False) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low or value > high \
+            or (high_open and value == high):
+        bound = (f" in [{low}, {high}{')' if high_open else ']'}" if math.isfinite(high)
+                 else f" >= {low}" if math.isfinite(low) else "")
+        raise ValueError(f"{name}={value!r}: must be a finite number{bound}")
+
+
 class Surgeon:
-    """Masks every conv and fc layer of a model and re-decides the masks of the selected ones.
+    """Dynamic Network Surgery on `model`: masks on the weight (and bias) of every Conv2d and Linear layer,
+    and the σ-gated surgery that re-decides the masks of the selected layers, one `step()` per iteration.
+
+    The thresholds of each selected layer are fixed now from its current weights (train the model dense
+    first): thr = max(μ + c·σ, 0) over |w| of its non-zero weights and biases, a = (1 − margin)·thr,
+    b = (1 + margin)·thr. At iteration i a layer updates its mask with probability σ(i) = (1 + γ·i)^−power,
+    while i < iter_stop: |w| <= a is pruned, |w| > b is spliced back.
 
     Args:
-        model: the network; its conv/fc weights (and biases if `prune_bias`) get masks.
-        c: per-layer c for the layers under surgery (name -> c); other layers keep their masks.
-        iter_stop: per-layer iteration from which that layer's mask is frozen.
-        margin, gamma, power: the hysteresis margin t and the sigma(i) schedule.
-        seed: seeds the gates' draws, one uniform draw per layer per iteration.
-        min_remaining: per layer (name -> fraction), the fraction of its weights that always stays (the
-            largest |w|), so that the layer is never cut off entirely; 0 or absent leaves the rule alone.
-        initial_masks: masks to start from ('fc1.weight' -> tensor), e.g. from a checkpoint.
+        model: any `nn.Module`; its Conv2d and Linear layers are masked (under their `named_modules` names).
+        c: c of every selected layer; `c_per_layer` ({'fc1': 4.0}) overrides it layer by layer.
+        layers: the layers under surgery: 'all', 'conv', 'fc', or a list of those and layer names; the
+            other layers keep their masks (all ones unless `masks` says otherwise).
+        iter_stop: masks frozen from this iteration on (None: never); `iter_stop_per_layer` overrides it.
+        margin, gamma, power: the hysteresis margin and the σ(i) schedule.
+        prune_bias: mask the biases too, as the authors did.
+        min_remaining: the fraction of each layer's weights that always stays (its largest |w|), so that no
+            layer is cut off; `min_remaining_per_layer` overrides it.
+        seed: seeds the gates' draws (one uniform draw per selected layer per step), apart from torch's.
+        masks: masks to start from ('fc1.weight' -> tensor), e.g. an imported pruned model's.
     """
 
-    model: nn.Module
-    c: dict[str, float]
-    iter_stop: dict[str, int]
-    margin: float = 0.1
-    gamma: float = 1e-4
-    power: float = 1.0
-    prune_bias: bool = True
-    seed: int = 0
-    min_remaining: dict[str, float] = field(default_factory=dict)
-    initial_masks: dict[str, torch.Tensor] | None = None
-    layers: list[LayerState] = field(init=False)
-    active: set[str] = field(init=False)  # the layers whose masks `step` re-decides (the current phase's)
+    def __init__(self, model: nn.Module, c: float = 1.0, *, c_per_layer: dict[str, float] | None = None,
+                 layers: str | list[str] = "all", iter_stop: int | None = None,
+                 iter_stop_per_layer: dict[str, int] | None = None, margin: float = 0.1, gamma: float = 1e-4,
+                 power: float = 1.0, prune_bias: bool = True, min_remaining: float = 0.0,
+                 min_remaining_per_layer: dict[str, float] | None = None, seed: int = 0,
+                 masks: dict[str, torch.Tensor] | None = None):
+        modules = prunable_layers(model)
+        if not modules:
+            raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+        names = list(modules)
+        selected = select_layers(layers, {name: layer_kind(m) for name, m in modules.items()})
+        c_per_layer = _per_layer("c_per_layer", c_per_layer, names)
+        stops = _per_layer("iter_stop_per_layer", iter_stop_per_layer, names)
+        keep = _per_layer("min_remaining_per_layer", min_remaining_per_layer, names)
+        for key, value in [("c", c), *((f"c_per_layer[{k!r}]", v) for k, v in c_per_layer.items())]:
+            _check(key, value)
+        for key, value in [("iter_stop", iter_stop), *((f"iter_stop_per_layer[{k!r}]", v) for k, v in stops.items())]:
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{key}={value!r}: must be an iteration (an int >= 0) or None")
+        for key, value in [("min_remaining", min_remaining),
+                           *((f"min_remaining_per_layer[{k!r}]", v) for k, v in keep.items())]:
+            _check(key, value, 0.0, 1.0)
+        _check("margin", margin, 0.0, 1.0, high_open=True)
+        _check("gamma", gamma, 0.0)
+        _check("power", power, 0.0)
 
-    def __post_init__(self):
-        modules = prunable_layers(self.model)
-        live = attach_masks(modules, self.prune_bias, self.initial_masks)
-        self.layers = []
-        for name, module in modules.items():
-            params = {key: getattr(module, key) for key in ("weight", "bias") if getattr(module, key) is not None}
-            masks = live.get(name, {})
-            self.layers.append(LayerState(name, layer_kind(module), params, masks,
-                                          {key: module.dns_masks[key] for key in masks},
-                                          c=self.c.get(name), iter_stop=self.iter_stop.get(name, 0)))
-        self.draws = GateDraws(self.seed)
-        self.active = {layer.name for layer in self.layers if layer.under_surgery}
+        masking.attach_masks(model, modules, prune_bias, masks)
+        self.model, self.margin, self.seed = model, margin, seed
+        self.min_remaining = {name: keep.get(name, min_remaining) for name in names}
+        self.layers = [LayerState(name, module) for name, module in modules.items()]
+        self.draws = GateDraws(seed)
+        self.begin_phase({name: c_per_layer.get(name, c) for name in selected},
+                         {name: stops.get(name, iter_stop) for name in selected}, gamma, power)
 
-    def begin_phase(self, c: dict[str, float], iter_stop: dict[str, int], gamma: float, power: float) -> None:
-        """Operate from now on on the layers in `c` alone, with new settings and thresholds fixed now;
-        the other layers keep their masks (and what they had in a previous phase)."""
+    def begin_phase(self, c: dict[str, float], iter_stop: dict[str, int | None], gamma: float, power: float) -> None:
+        """Operate from now on on the layers in `c` alone (layer name -> c, iter_stop), with the gate's
+        iterations counted from 0 again and thresholds fixed now from their weights; the other layers keep
+        their masks (and what they had in a previous phase)."""
         for layer in self.layers:
             if layer.name in c:
                 layer.c, layer.iter_stop = c[layer.name], iter_stop[layer.name]
         self.active, self.gamma, self.power = set(c), gamma, power
+        self.iteration = 0
         self.start()
 
     def start(self) -> None:
-        """Fix each active layer's statistics and thresholds, once, from its current non-zero weights."""
+        """Fix each active layer's statistics and thresholds, once, from its current non-zero weights (W ⊙ T)."""
         for layer in self.layers:
             if layer.name in self.active:
-                effective = [p.detach() * layer.masks[k] if k in layer.masks else p.detach()
+                effective = [p.detach() * layer.mask(k) if k in layer.keys else p.detach()
                              for k, p in layer.params.items()]
                 layer.mu, layer.sigma = magnitude_stats(effective)
                 layer.a, layer.b = thresholds(layer.mu, layer.sigma, layer.c, self.margin)
 
+    def step(self, iteration: int | None = None) -> int:
+        """Surgery at `iteration` (default: the surgeon's own count, one more each call): each active layer
+        draws r and, if its gate opens, updates its masks. Returns how many layers updated their masks."""
+        if iteration is None:
+            iteration = self.iteration
+        self.iteration = iteration + 1
+        active = [layer for layer in self.layers if layer.name in self.active]
+        updated = 0
+        for layer, draw in zip(active, self.draws.take(len(active))):
+            if not gate_open(iteration, draw, self.gamma, self.power, layer.iter_stop):
+                continue
+            for key in layer.keys:
+                weight, mask = masking.dense(layer.module, key), masking.mask_of(layer.module, key)
+                pruned, spliced = masking.update_mask_(weight, mask, layer.a, layer.b)
+                keep = self.min_remaining[layer.name]
+                if key == "weight" and keep > 0:
+                    spliced += keep_largest_(weight, mask, math.ceil(keep * weight.numel()))
+                layer.pruned += pruned
+                layer.spliced += spliced
+            updated += 1
+        return updated
+
+    # -- checkpoints ---------------------------------------------------------------------------------
     def layer_settings(self) -> dict[str, dict]:
         """{layer name: {c, iter_stop, mu, sigma, a, b, pruned, spliced}}, for checkpoints."""
         return {layer.name: {key: getattr(layer, key) for key in LAYER_SETTINGS} for layer in self.layers}
@@ -198,25 +280,39 @@ class Surgeon:
                 if key in LAYER_SETTINGS:
                     setattr(layer, key, value)
 
-    def step(self, iteration: int) -> int:  # no torch.no_grad needed: masks are buffers, weights only read
-        """Surgery at `iteration`: each layer draws r and, if its gate opens, updates its masks.
+    def state_dict(self) -> dict:
+        """Everything surgery goes on from: masks, per-layer thresholds and counts, the active layers and
+        their gate schedule, the iteration count and the gate's random state (the weights are the model's)."""
+        return {"masks": masking.mask_state_dict(self.model), "layers": self.layer_settings(),
+                "active": sorted(self.active), "gamma": self.gamma, "power": self.power,
+                "iteration": self.iteration, "gate": self.draws.state_dict()}
 
-        Returns how many layers updated their masks.
-        """
-        active = [layer for layer in self.layers if layer.name in self.active]
-        updated = 0
-        for layer, draw in zip(active, self.draws.take(len(active))):
-            if not gate_open(iteration, draw, self.gamma, self.power, layer.iter_stop):
-                continue
-            for key, mask in layer.masks.items():
-                pruned, spliced = layer.handles[key].update(layer.a, layer.b)
-                keep = self.min_remaining.get(layer.name, 0.0)
-                if key == "weight" and keep > 0:
-                    spliced += keep_largest_(layer.params[key], mask, math.ceil(keep * mask.numel()))
-                layer.pruned += pruned
-                layer.spliced += spliced
-            updated += 1
-        return updated
+    def load_state_dict(self, state: dict) -> None:
+        """Take up what `state_dict` returned: surgery then goes on exactly as if it had never stopped."""
+        masking.load_masks(self.model, state["masks"])
+        self.load_layer_settings(state["layers"])
+        self.active, self.gamma, self.power = set(state["active"]), state["gamma"], state["power"]
+        self.iteration = state["iteration"]
+        self.draws.load_state_dict(state["gate"])
+
+    # -- reports and the end of surgery -------------------------------------------------------------
+    def table(self) -> list[dict]:
+        """One row per layer: name, kind, shape, params, remaining, remaining_pct, c, mu, sigma, a, b,
+        pruned, spliced, ... (report.json's `layers`)."""
+        return layer_rows(self)
+
+    def totals(self) -> dict:
+        """params, remaining and compression over every masked layer, with and without biases."""
+        return totals(self.table())
+
+    def markdown(self) -> str:
+        """The per-layer table in the form of the paper's Tables 2-3, as in report.md, and the compression."""
+        return layer_table(self.table())
+
+    def remove(self) -> nn.Module:
+        """End surgery: W ⊙ T baked into the plain weights, masks gone; returns the model, now an ordinary one
+        (same Parameter objects, so its optimizer stays valid; `dns.save` writes it compactly)."""
+        return masking.remove_masks(self.model)
 
 
 def keep_largest_(weight: torch.Tensor, mask: torch.Tensor, count: int) -> int:

@@ -56,6 +56,6 @@ def surgery_probability(iteration: int, gamma: float, power: float) -> float:
     return math.pow(1.0 + gamma * iteration, -power)
 
 
-def gate_open(iteration: int, draw: float, gamma: float, power: float, iter_stop: int) -> bool:
-    """Whether a layer whose uniform draw is `draw` updates its mask at `iteration`."""
-    return iteration < iter_stop and surgery_probability(iteration, gamma, power) > draw
+def gate_open(iteration: int, draw: float, gamma: float, power: float, iter_stop: int | None) -> bool:
+    """Whether a layer whose uniform draw is `draw` updates its mask at `iteration` (iter_stop None: never frozen)."""
+    return (iter_stop is None or iteration < iter_stop) and surgery_probability(iteration, gamma, power) > draw

@@ -103,12 +103,13 @@ def surgery_phases(cfg: RunConfig, kinds: dict[str, str]) -> list[Phase]:
     return phases
 
 
-def build_surgeon(model: nn.Module, cfg: RunConfig, initial_masks: dict | None) -> Surgeon:
-    """Masks on every prunable layer; which layers it operates on is set per phase (`begin_phase`)."""
+def build_surgeon(model: nn.Module, cfg: RunConfig, phase: Phase, initial_masks: dict | None) -> Surgeon:
+    """Masks on every prunable layer, operating on `phase`'s layers (the later phases: `Surgeon.begin_phase`)."""
     s = cfg.surgery
-    keep = {name: s.min_remaining_per_layer.get(name, s.min_remaining) for name in prunable_layers(model)}
-    return Surgeon(model, c={}, iter_stop={}, margin=s.margin, gamma=s.gamma, power=s.power,
-                   prune_bias=s.prune_bias, seed=cfg.seed + 1, min_remaining=keep, initial_masks=initial_masks)
+    return Surgeon(model, layers=list(phase.c), c_per_layer=phase.c, iter_stop_per_layer=phase.iter_stop,
+                   margin=s.margin, gamma=phase.gamma, power=phase.power, prune_bias=s.prune_bias,
+                   min_remaining=s.min_remaining, min_remaining_per_layer=s.min_remaining_per_layer,
+                   seed=cfg.seed + 1, masks=initial_masks)
 
 
 def first_non_finite(model: nn.Module, images: torch.Tensor) -> str:
@@ -293,8 +294,8 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """checkpoints/latest.pt: all a resumed run needs. Refuses non-finite weights, keeping the last good one."""
-        for name, param in self.model.named_parameters():
-            if not torch.isfinite(param).all():
+        for name, param in plain_state_dict(self.model).items():
+            if param.is_floating_point() and not torch.isfinite(param).all():
                 raise Stop("failed", f"non-finite weights at {self.stage} iteration {self.iteration} "
                                      f"({name}); the last good checkpoint is kept", 1)
         if not self.main:
@@ -438,7 +439,7 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
             if state is not None:
                 trainer.load_state(state["resume"])
             trainer.run_stage("reference", cfg.optimizer.lr, 0, cfg.reference.iters)
-        trainer.surgeon = build_surgeon(model, cfg, initial_masks)
+        trainer.surgeon = build_surgeon(model, cfg, phases[0], initial_masks)
         trainer.evaluate()
         trainer.reference_error, trainer.reference_top5 = trainer.test_error, trainer.test_top5
         trainer.save("reference", "reference")
@@ -449,12 +450,10 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer._reset_running_sums()
         trainer.checkpoint()
     else:  # resumed after the reference: the surgeon takes up the checkpoint's masks and thresholds
-        trainer.surgeon = build_surgeon(model, cfg, state["masks"])
+        trainer.surgeon = build_surgeon(model, cfg, phases[state["resume"]["phase"]], state["masks"])
         trainer.surgeon.load_layer_settings(state["layers"])
         trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
         trainer.load_state(state["resume"])
-        begun = phases[trainer.phase]
-        trainer.surgeon.active, trainer.surgeon.gamma, trainer.surgeon.power = set(begun.c), begun.gamma, begun.power
 
     # (2) surgery, phase by phase, and (3) fine-tuning are one optimizer run, as in the authors' Caffe runs where
     # iter_stop freezes the masks partway: the learning rate and momentum carry on into fine-tuning.

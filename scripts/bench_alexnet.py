@@ -62,9 +62,7 @@ def main() -> None:
           f"torch {torch.__version__}, {name}")
     dense = throughput(get_model("alexnet").to(device), None, args, device)
     model = get_model("alexnet").to(device)
-    layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
-    surgeon = Surgeon(model, c=dict.fromkeys(layers, 1.0), iter_stop=dict.fromkeys(layers, 10**9), gamma=0.0)
-    surgeon.start()
+    surgeon = Surgeon(model, c=1.0, gamma=0.0)
     surgery = throughput(model, surgeon, args, device)
     print(f"dense {dense:,.0f} images/s, surgery (every mask updated every step) {surgery:,.0f} images/s, "
           f"ratio {dense / surgery:.3f}")

@@ -10,13 +10,13 @@ from pathlib import Path
 from conftest import dns_train_argv
 
 from dns.distributed import fingerprint
-from dns.masks import attach_masks
-from dns.models import get_model, prunable_layers
+from dns.surgeon import Surgeon
+from dns.models import get_model
 
 
 def test_the_fingerprint_sees_a_single_mask_bit():
     model = get_model("lenet300")
-    attach_masks(prunable_layers(model))
+    Surgeon(model, layers=[])
     twin = copy.deepcopy(model)
     assert fingerprint(model) == fingerprint(twin)
     twin.fc2.weight_mask[3, 7] = 0

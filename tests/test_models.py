@@ -20,7 +20,7 @@ def test_parameter_counts_match_the_paper(name, params, layers):
 @pytest.mark.parametrize("name", list_models())
 def test_every_parameter_learns_through_the_masks(name):
     model = get_model(name, num_classes=7)
-    Surgeon(model, c={}, iter_stop={})
+    Surgeon(model, layers=[])
     out = model(torch.randn(2, *input_shape(name)))  # 2 samples: AlexNet is slow on a CPU
     assert out.shape == (2, 7)
     out.mean().backward()

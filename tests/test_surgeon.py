@@ -40,34 +40,32 @@ def one_layer(weight, bias):
 
 def test_thresholds_come_from_weights_and_biases_and_prune_then_splice_back():
     model = one_layer([0.5, 1.0, 2.0, 4.0], 0.0)
-    surgeon = Surgeon(model, c={"0": 0.0}, iter_stop={"0": 100}, gamma=0.0)  # gamma 0: the gate always opens
-    surgeon.start()
+    surgeon = Surgeon(model, c=0.0, iter_stop=100, gamma=0.0)  # gamma 0: the gate always opens
     layer = surgeon.layers[0]
     assert layer.mu == pytest.approx(1.875)  # mean of 0.5, 1, 2, 4 (the zero bias is left out)
     assert layer.sigma == pytest.approx(math.sqrt((0.25 + 1 + 4 + 16) / 4 - 1.875 ** 2))
     assert (layer.a, layer.b) == (pytest.approx(0.9 * 1.875), pytest.approx(1.1 * 1.875))
 
     assert surgeon.step(0) == 1
-    assert layer.masks["weight"].tolist() == [[0.0, 0.0, 1.0, 1.0]]  # 2.0 sits in (a, b]: kept
-    assert layer.masks["bias"].tolist() == [0.0]
+    assert layer.mask("weight").tolist() == [[0.0, 0.0, 1.0, 1.0]]  # 2.0 sits in (a, b]: kept
+    assert layer.mask("bias").tolist() == [0.0]
     assert (layer.pruned, layer.spliced) == (3, 0)
 
     with torch.no_grad():
         layer.params["weight"][0, 0] = 2.1  # grows past b = 2.0625
         layer.params["weight"][0, 1] = 2.0  # into the band: a pruned weight stays pruned
     surgeon.step(1)
-    assert layer.masks["weight"].tolist() == [[1.0, 0.0, 1.0, 1.0]]
+    assert layer.mask("weight").tolist() == [[1.0, 0.0, 1.0, 1.0]]
     assert (layer.pruned, layer.spliced) == (3, 1)
 
 
 def test_a_pruned_weight_learns_its_way_back():
     """Straight-through training grows a pruned weight past b, and the next surgery splices it back."""
     model = one_layer([0.05, 1.0, 1.0, 1.0], 0.0)
-    surgeon = Surgeon(model, c={"0": 0.0}, iter_stop={"0": 1000}, gamma=0.0)
-    surgeon.start()  # thresholds a = 0.77, b = 0.94 (mu = 0.7625, sigma = 0.411)
+    surgeon = Surgeon(model, c=0.0, iter_stop=1000, gamma=0.0)  # thresholds a = 0.77, b = 0.94 (mu = 0.7625, sigma = 0.411)
     layer = surgeon.layers[0]
     surgeon.step(0)
-    assert layer.masks["weight"][0, 0] == 0  # 0.05 is pruned at once
+    assert layer.mask("weight")[0, 0] == 0  # 0.05 is pruned at once
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     x = torch.eye(4)
     y = torch.tensor([[2.0], [1.0], [1.0], [1.0]])  # the data wants the first weight at 2
@@ -76,16 +74,15 @@ def test_a_pruned_weight_learns_its_way_back():
         nn.functional.mse_loss(model(x), y).backward()
         optimizer.step()
         surgeon.step(i)
-        if layer.masks["weight"][0, 0] == 1:
+        if layer.mask("weight")[0, 0] == 1:
             break
-    assert layer.masks["weight"][0, 0] == 1 and layer.spliced >= 1
+    assert layer.mask("weight")[0, 0] == 1 and layer.spliced >= 1
     assert layer.params["weight"][0, 0] > layer.b
 
 
 def test_the_gate_follows_sigma_and_stops_at_iter_stop():
     model = one_layer([1.0, 2.0], 0.5)
-    surgeon = Surgeon(model, c={"0": 1.0}, iter_stop={"0": 3000}, gamma=1e-3, power=1.0, seed=7)
-    surgeon.start()
+    surgeon = Surgeon(model, c=1.0, iter_stop=3000, gamma=1e-3, power=1.0, seed=7)
     updates = sum(surgeon.step(i) for i in range(4000))
     expected = sum((1 + 1e-3 * i) ** -1 for i in range(3000))  # ≈ 1386
     assert abs(updates - expected) < 5 * math.sqrt(expected)
@@ -108,8 +105,7 @@ def test_gate_draws_are_those_of_one_call_per_draw_and_resume_mid_block():
 
 def test_layers_outside_the_selection_keep_their_masks():
     model = get_model("lenet5")
-    surgeon = Surgeon(model, c={"fc1": 2.0}, iter_stop={"fc1": 10}, gamma=0.0)
-    surgeon.start()
+    surgeon = Surgeon(model, c=2.0, layers=["fc1"], iter_stop=10, gamma=0.0)
     surgeon.step(0)
     by_name = {layer.name: layer for layer in surgeon.layers}
     assert by_name["fc1"].remaining() < by_name["fc1"].param_count()
@@ -121,14 +117,14 @@ def set_masks(surgeon, kept):
     """Keep the first kept[name] = (weights, biases) entries of each layer."""
     for layer in surgeon.layers:
         for key, count in zip(("weight", "bias"), kept[layer.name]):
-            if key in layer.masks:
-                flat = layer.masks[key].view(-1)
+            if key in layer.keys:
+                flat = layer.mask(key).view(-1)
                 flat.zero_()
                 flat[:count] = 1
 
 
 def test_compression_counts_kept_parameters_with_and_without_biases():
-    surgeon = Surgeon(get_model("lenet5"), c={}, iter_stop={})
+    surgeon = Surgeon(get_model("lenet5"), layers=[])
     set_masks(surgeon, {"conv1": (72, 2), "conv2": (770, 9), "fc1": (2920, 3), "fc2": (215, 2)})
     total = totals(layer_rows(surgeon))
     # the authors' released sparse LeNet-5: 3,993 of 431,080 parameters, 3,977 of 430,500 weights
@@ -139,8 +135,8 @@ def test_compression_counts_kept_parameters_with_and_without_biases():
 
 
 def test_unmasked_biases_count_in_full():
-    surgeon = Surgeon(get_model("lenet300"), c={}, iter_stop={}, prune_bias=False)
-    assert all(list(layer.masks) == ["weight"] for layer in surgeon.layers)
+    surgeon = Surgeon(get_model("lenet300"), layers=[], prune_bias=False)
+    assert all(layer.keys == ("weight",) for layer in surgeon.layers)
     set_masks(surgeon, {"fc1": (4351, 0), "fc2": (552, 0), "fc3": (49, 0)})
     total = totals(layer_rows(surgeon))
     assert total["remaining"] == 4952 + 410 and total["weight_remaining"] == 4952
@@ -159,9 +155,8 @@ def begin(surgeon, phase):
 def test_per_layer_c_and_iter_stop_override_the_defaults():
     cfg = lenet5_config(iters=500, c=1.5, c_per_layer={"fc1": 4.0}, iter_stop_per_layer={"fc1": 300},
                         layers=["conv2", "fc"])
-    surgeon = build_surgeon(get_model("lenet5"), cfg, None)
     [phase] = surgery_phases(cfg, KINDS)
-    begin(surgeon, phase)
+    surgeon = build_surgeon(get_model("lenet5"), cfg, phase, None)
     settings = {layer.name: (layer.c, layer.iter_stop) for layer in surgeon.layers if layer.under_surgery}
     assert settings == {"conv2": (1.5, 500), "fc1": (4.0, 300), "fc2": (1.5, 500)}
     assert surgeon.active == {"conv2", "fc1", "fc2"}
@@ -181,7 +176,7 @@ def test_phases_follow_each_other_and_the_most_specific_setting_wins():
 def test_a_phase_operates_on_its_layers_and_leaves_the_others_masks_as_they_were():
     torch.manual_seed(0)
     model = get_model("lenet5")
-    surgeon = Surgeon(model, c={}, iter_stop={}, gamma=0.0)  # gamma 0: the gate is always open
+    surgeon = Surgeon(model, layers=[], gamma=0.0)  # gamma 0: the gate is always open
     conv, fc = surgery_phases(lenet5_config(c=1.0, phases=[{"layers": "conv", "iters": 5},
                                                            {"layers": "fc", "iters": 5}]), KINDS)
     begin(surgeon, conv)
@@ -189,18 +184,18 @@ def test_a_phase_operates_on_its_layers_and_leaves_the_others_masks_as_they_were
     by_name = {layer.name: layer for layer in surgeon.layers}
     assert all(by_name[n].remaining() < by_name[n].param_count() for n in ("conv1", "conv2"))
     assert all(by_name[n].remaining() == by_name[n].param_count() and by_name[n].a is None for n in ("fc1", "fc2"))
-    conv_masks = {n: by_name[n].masks["weight"].clone() for n in ("conv1", "conv2")}
+    conv_masks = {n: by_name[n].mask("weight").clone() for n in ("conv1", "conv2")}
     conv_thresholds = {n: (by_name[n].a, by_name[n].b) for n in ("conv1", "conv2")}
 
     begin(surgeon, fc)
     with torch.no_grad():  # weights move on while the conv masks are frozen: they must not follow
         for n in ("conv1", "conv2"):
-            getattr(model, n).weight.mul_(3.0)
+            by_name[n].params["weight"].mul_(3.0)
     for i in range(3):
         surgeon.step(i)
     assert all(by_name[n].remaining() < by_name[n].param_count() for n in ("fc1", "fc2"))
     for n in ("conv1", "conv2"):
-        assert torch.equal(by_name[n].masks["weight"], conv_masks[n])
+        assert torch.equal(by_name[n].mask("weight"), conv_masks[n])
         assert (by_name[n].a, by_name[n].b) == conv_thresholds[n]
 
 
@@ -219,10 +214,9 @@ def test_keep_largest_restores_the_largest_weights_only_when_too_few_remain():
 def test_min_remaining_keeps_a_layer_from_being_cut():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(20, 10))
-    surgeon = Surgeon(model, c={"0": 50.0}, iter_stop={"0": 10}, gamma=0.0, min_remaining={"0": 0.05})
-    surgeon.start()
+    surgeon = Surgeon(model, c=50.0, iter_stop=10, gamma=0.0, min_remaining=0.05)
     surgeon.step(0)
     layer = surgeon.layers[0]
     assert layer.remaining(("weight",)) == 10  # ceil(5 % of 200); c = 50 alone would cut all
-    kept = layer.masks["weight"].bool()
+    kept = layer.mask("weight").bool()
     assert layer.params["weight"].abs()[kept].min() >= layer.params["weight"].abs()[~kept].max()
