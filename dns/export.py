@@ -76,7 +76,9 @@ def to_bytes(checkpoint: dict[str, Any], value_type: str = "float32") -> bytes:
 
 def checkpoint_of(model: nn.Module) -> dict[str, Any]:
     """A model of any architecture, masked or not, in the checkpoint form `to_bytes` takes (no registry name)."""
-    return {"model": None, "num_classes": None, "state_dict": plain_state_dict(model), "masks": mask_state_dict(model)}
+    return {"model": None, "num_classes": None,
+            "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
+            "masks": {k: v.cpu() for k, v in mask_state_dict(model).items()}}
 
 
 def save(source: dict[str, Any] | nn.Module, path: str | Path, value_type: str = "float32") -> int:

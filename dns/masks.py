@@ -58,8 +58,8 @@ def masked_class(base: type, names: tuple[str, ...]) -> type:
 
 
 def _reduce_masked(module: nn.Module, protocol: int):
-    # pickle and deepcopy rebuild the class from its base and names: `torch.save(model)` works, and a copy
-    # gets a class of its own
+    # pickle and deepcopy rebuild the class from its base and names: `torch.save(model)` works (loading it needs
+    # weights_only=False), and a copy gets a class of its own
     return _new_masked, (type(module)._dns_base, type(module)._dns_masked), module.__getstate__()
 
 
@@ -102,11 +102,11 @@ def update_mask_torch_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: fl
     """`update_mask_` in torch operations, for any device and dtype."""
     with torch.no_grad():
         magnitude = weight.abs()
-        before = mask.sum()
+        before = mask.count_nonzero()
         mask.mul_(magnitude > a)  # prune at or below a
-        kept = mask.sum()
+        kept = mask.count_nonzero()
         torch.maximum(mask, (magnitude > b).to(mask.dtype), out=mask)  # splice above b
-        return int(before - kept), int(mask.sum() - kept)
+        return int(before - kept), int(mask.count_nonzero() - kept)
 
 
 def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -155,6 +155,10 @@ def attach_masks(model: nn.Module, layers: dict[str, nn.Module], prune_bias: boo
     owners = _owners(model)
     keys = {name: [k for k in ("weight", "bias") if getattr(module, k, None) is not None
                    and (k == "weight" or prune_bias)] for name, module in layers.items()}
+    unknown = sorted(set(initial) - {f"{name}.{k}" for name, m in layers.items() for k in ("weight", "bias")
+                                     if getattr(m, k, None) is not None})
+    if unknown:
+        raise ValueError(f"masks names {', '.join(unknown)}: no such conv or fc parameter")
     for name, module in layers.items():
         for key in keys[name]:
             if is_masked(module, key):
@@ -162,7 +166,7 @@ def attach_masks(model: nn.Module, layers: dict[str, nn.Module], prune_bias: boo
             holders = owners.get(id(dense(module, key)), [])
             if len(holders) > 1:
                 raise ValueError(f"{' and '.join(holders)} are one tied tensor; DNS cannot mask a parameter that "
-                                 f"two modules share: leave {name} out of the layers, or untie it")
+                                 f"two modules share: untie them")
             if initial.get(f"{name}.{key}") is not None and initial[f"{name}.{key}"].shape != dense(module, key).shape:
                 raise ValueError(f"a mask of shape {list(initial[f'{name}.{key}'].shape)} does not fit {name}.{key} "
                                  f"of shape {list(dense(module, key).shape)}")

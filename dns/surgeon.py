@@ -70,7 +70,7 @@ class LayerState:
     name: str
     module: nn.Module
     c: float | None = None  # None: not under surgery, its masks stay as they are
-    iter_stop: int | None = None  # the mask is frozen from this iteration on (None: never)
+    iter_stop: int | None = 0  # the mask is frozen from this iteration on (None: never)
     mu: float | None = None
     sigma: float | None = None
     a: float | None = None
@@ -95,7 +95,7 @@ class LayerState:
     def params(self) -> dict[str, torch.Tensor]:
         """'weight' / 'bias' -> the trainable dense tensor (W, not W ⊙ T)."""
         return {key: masking.dense(self.module, key) for key in ("weight", "bias")
-                if getattr(self.module, key, None) is not None}
+                if masking.is_masked(self.module, key) or self.module._parameters.get(key) is not None}
 
     def mask(self, key: str) -> torch.Tensor:
         """The live 0/1 mask of `key`."""
@@ -223,6 +223,7 @@ class Surgeon:
         self.min_remaining = {name: keep.get(name, min_remaining) for name in names}
         self.layers = [LayerState(name, module) for name, module in modules.items()]
         self.draws = GateDraws(seed)
+        self.removed = False
         self.begin_phase({name: c_per_layer.get(name, c) for name in selected},
                          {name: stops.get(name, iter_stop) for name in selected}, gamma, power)
 
@@ -249,6 +250,7 @@ class Surgeon:
     def step(self, iteration: int | None = None) -> int:
         """Surgery at `iteration` (default: the surgeon's own count, one more each call): each active layer
         draws r and, if its gate opens, updates its masks. Returns how many layers updated their masks."""
+        self._check_not_removed()
         if iteration is None:
             iteration = self.iteration
         self.iteration = iteration + 1
@@ -283,12 +285,14 @@ class Surgeon:
     def state_dict(self) -> dict:
         """Everything surgery goes on from: masks, per-layer thresholds and counts, the active layers and
         their gate schedule, the iteration count and the gate's random state (the weights are the model's)."""
+        self._check_not_removed()
         return {"masks": masking.mask_state_dict(self.model), "layers": self.layer_settings(),
                 "active": sorted(self.active), "gamma": self.gamma, "power": self.power,
                 "iteration": self.iteration, "gate": self.draws.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Take up what `state_dict` returned: surgery then goes on exactly as if it had never stopped."""
+        self._check_not_removed()
         masking.load_masks(self.model, state["masks"])
         self.load_layer_settings(state["layers"])
         self.active, self.gamma, self.power = set(state["active"]), state["gamma"], state["power"]
@@ -299,6 +303,7 @@ class Surgeon:
     def table(self) -> list[dict]:
         """One row per layer: name, kind, shape, params, remaining, remaining_pct, c, mu, sigma, a, b,
         pruned, spliced, ... (report.json's `layers`)."""
+        self._check_not_removed()
         return layer_rows(self)
 
     def totals(self) -> dict:
@@ -311,8 +316,14 @@ class Surgeon:
 
     def remove(self) -> nn.Module:
         """End surgery: W ⊙ T baked into the plain weights, masks gone; returns the model, now an ordinary one
-        (same Parameter objects, so its optimizer stays valid; `dns.save` writes it compactly)."""
+        (same Parameter objects, so its optimizer stays valid; `dns.save` writes it compactly). Training on
+        afterwards lets pruned weights grow back: freeze the masks (iter_stop) for fine-tuning, remove() last."""
+        self.removed = True
         return masking.remove_masks(self.model)
+
+    def _check_not_removed(self) -> None:
+        if self.removed:
+            raise RuntimeError("this Surgeon's masks were removed (remove()): its model is an ordinary one now")
 
 
 def keep_largest_(weight: torch.Tensor, mask: torch.Tensor, count: int) -> int:

@@ -103,9 +103,10 @@ def surgery_phases(cfg: RunConfig, kinds: dict[str, str]) -> list[Phase]:
     return phases
 
 
-def build_surgeon(model: nn.Module, cfg: RunConfig, phase: Phase, initial_masks: dict | None) -> Surgeon:
-    """Masks on every prunable layer, operating on `phase`'s layers (the later phases: `Surgeon.begin_phase`)."""
+def build_surgeon(model: nn.Module, cfg: RunConfig, phase: Phase | None, initial_masks: dict | None) -> Surgeon:
+    """Masks on every prunable layer, operating on `phase`'s layers (None: none yet; `Surgeon.begin_phase`)."""
     s = cfg.surgery
+    phase = phase or Phase(0, 0, {}, {}, s.gamma, s.power)
     return Surgeon(model, layers=list(phase.c), c_per_layer=phase.c, iter_stop_per_layer=phase.iter_stop,
                    margin=s.margin, gamma=phase.gamma, power=phase.power, prune_bias=s.prune_bias,
                    min_remaining=s.min_remaining, min_remaining_per_layer=s.min_remaining_per_layer,
@@ -439,7 +440,7 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
             if state is not None:
                 trainer.load_state(state["resume"])
             trainer.run_stage("reference", cfg.optimizer.lr, 0, cfg.reference.iters)
-        trainer.surgeon = build_surgeon(model, cfg, phases[0], initial_masks)
+        trainer.surgeon = build_surgeon(model, cfg, None, initial_masks)  # reference.pt: masks, no thresholds
         trainer.evaluate()
         trainer.reference_error, trainer.reference_top5 = trainer.test_error, trainer.test_top5
         trainer.save("reference", "reference")

@@ -147,6 +147,7 @@ def test_a_masked_model_saves_the_same_file_as_after_remove(tmp_path):
     (dict(iter_stop=-5), r"iter_stop=-5: must be an iteration"),
     (dict(min_remaining=1.5), r"min_remaining=1.5: must be a finite number in \[0.0, 1.0\]"),
     (dict(masks={"head.out.weight": torch.ones(2, 2)}), r"a mask of shape \[2, 2\] does not fit head.out.weight of shape \[3, 16\]"),
+    (dict(masks={"head.out.weigth": torch.ones(3, 16)}), r"masks names head.out.weigth: no such conv or fc parameter"),
 ])
 def test_bad_settings_are_refused_before_anything_is_masked(kwargs, message):
     model, _ = fresh()
@@ -161,6 +162,8 @@ def test_a_model_is_operated_on_by_one_surgeon_at_a_time():
     with pytest.raises(ValueError, match="already masked"):
         dns.Surgeon(model)
     surgeon.remove()
+    with pytest.raises(RuntimeError, match="masks were removed"):
+        surgeon.step()  # never a silent no-op
     dns.Surgeon(model)  # after remove(), surgery can start again
     with pytest.raises(ValueError, match="no Conv2d or Linear layer"):
         dns.Surgeon(nn.Sequential(nn.ReLU()))
