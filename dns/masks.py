@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dns import kernels
+from dns.thresholds import update_mask
 
 
 class StraightThrough(torch.autograd.Function):
@@ -99,31 +100,38 @@ def update_mask_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -
 
 
 def update_mask_torch_(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -> tuple[int, int]:
-    """`update_mask_` in torch operations, for any device and dtype."""
+    """`update_mask_` in torch operations (`dns.thresholds.update_mask`), for any device and dtype."""
     with torch.no_grad():
-        magnitude = weight.abs()
-        before = mask.count_nonzero()
-        mask.mul_(magnitude > a)  # prune at or below a
-        kept = mask.count_nonzero()
-        torch.maximum(mask, (magnitude > b).to(mask.dtype), out=mask)  # splice above b
-        return int(before - kept), int(mask.count_nonzero() - kept)
+        new = update_mask(weight, mask, a, b)
+        pruned, spliced = int((mask > new).count_nonzero()), int((new > mask).count_nonzero())
+        mask.copy_(new)
+        return pruned, spliced
 
 
-def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask `module.<name>` (all ones unless `mask` is given); returns the live mask buffer."""
+def _initial_mask(module: nn.Module, name: str, mask: torch.Tensor | None, label: str) -> torch.Tensor:
+    """The starting mask of `module.<name>` (all ones unless `mask`), or a one-line ValueError if it cannot be
+    masked; `label` names the parameter in the message."""
     if is_masked(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already masked")
+        raise ValueError(f"{label} is already masked: one Surgeon per model (remove() the other first)")
     param = module._parameters.get(name)
     if param is None:
         raise ValueError(f"{type(module).__name__} has no parameter {name!r} to mask")
-    initial = torch.ones_like(param) if mask is None else mask.detach().to(param.device, param.dtype).clone()
-    if initial.shape != param.shape:
-        raise ValueError(f"a mask of shape {list(initial.shape)} does not fit {name} of shape {list(param.shape)}")
+    if mask is not None and mask.shape != param.shape:
+        raise ValueError(f"a mask of shape {list(mask.shape)} does not fit {label} of shape {list(param.shape)}")
+    return torch.ones_like(param) if mask is None else mask.detach().to(param.device, param.dtype).clone()
+
+
+def _attach(module: nn.Module, name: str, initial: torch.Tensor) -> torch.Tensor:
     _rename(module._parameters, name, f"{name}_orig")  # the same Parameter: an optimizer over it stays valid
     module.register_buffer(f"{name}_mask", initial)
     base = getattr(type(module), "_dns_base", type(module))
     module.__class__ = masked_class(base, masked_names(module) + (name,))
     return initial
+
+
+def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask `module.<name>` (all ones unless `mask` is given); returns the live mask buffer."""
+    return _attach(module, name, _initial_mask(module, name, mask, f"{type(module).__name__}.{name}"))
 
 
 def _rename(entries: dict, old: str, new: str) -> None:
@@ -152,27 +160,24 @@ def attach_masks(model: nn.Module, layers: dict[str, nn.Module], prune_bias: boo
     masked.
     """
     initial = initial or {}
-    owners = _owners(model)
-    keys = {name: [k for k in ("weight", "bias") if getattr(module, k, None) is not None
-                   and (k == "weight" or prune_bias)] for name, module in layers.items()}
-    unknown = sorted(set(initial) - {f"{name}.{k}" for name, m in layers.items() for k in ("weight", "bias")
-                                     if getattr(m, k, None) is not None})
+    present = {name: [k for k in ("weight", "bias") if getattr(module, k, None) is not None]
+               for name, module in layers.items()}
+    unknown = sorted(set(initial) - {f"{name}.{k}" for name, keys in present.items() for k in keys})
     if unknown:
         raise ValueError(f"masks names {', '.join(unknown)}: no such conv or fc parameter")
+    owners = _owners(model)
+    prepared = {}  # (layer name, key) -> its starting mask: every check passes before anything is masked
     for name, module in layers.items():
-        for key in keys[name]:
-            if is_masked(module, key):
-                raise ValueError(f"{name}.{key} is already masked: one Surgeon per model (remove() the other first)")
+        for key in present[name]:
+            if key == "bias" and not prune_bias:
+                continue
             holders = owners.get(id(dense(module, key)), [])
             if len(holders) > 1:
                 raise ValueError(f"{' and '.join(holders)} are one tied tensor; DNS cannot mask a parameter that "
                                  f"two modules share: untie them")
-            if initial.get(f"{name}.{key}") is not None and initial[f"{name}.{key}"].shape != dense(module, key).shape:
-                raise ValueError(f"a mask of shape {list(initial[f'{name}.{key}'].shape)} does not fit {name}.{key} "
-                                 f"of shape {list(dense(module, key).shape)}")
-    for name, module in layers.items():
-        for key in keys[name]:
-            attach_mask(module, key, initial.get(f"{name}.{key}"))
+            prepared[name, key] = _initial_mask(module, key, initial.get(f"{name}.{key}"), f"{name}.{key}")
+    for (name, key), mask in prepared.items():
+        _attach(layers[name], key, mask)
 
 
 def named_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:

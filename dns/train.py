@@ -26,8 +26,8 @@ from dns.checkpoint import load_checkpoint, save_checkpoint
 from dns.config import RunConfig
 from dns.data import SplitBatches, load_split
 from dns.evaluate import TestFn, evaluator
-from dns.export import byte_report
-from dns.masks import mask_state_dict, plain_state_dict
+from dns.export import byte_report, checkpoint_of
+from dns.masks import plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import anneal, build_optimizer, learning_rate, set_learning_rate, set_weight_decay
 from dns.report import History, layer_rows, totals, write_reports
@@ -281,9 +281,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def model_content(self) -> dict[str, Any]:
         """The model part of a checkpoint: dense weights, masks, per-layer surgery settings."""
-        return dict(model=self.cfg.model.name, num_classes=self.cfg.dataset.num_classes,
-                    state_dict={k: v.cpu() for k, v in plain_state_dict(self.model).items()},
-                    masks={k: v.cpu() for k, v in mask_state_dict(self.model).items()},
+        return dict(checkpoint_of(self.model), model=self.cfg.model.name, num_classes=self.cfg.dataset.num_classes,
                     layers=self.surgeon.layer_settings() if self.surgeon else {}, config=asdict(self.cfg))
 
     def save(self, name: str, stage: str) -> dict[str, Any]:

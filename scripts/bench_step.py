@@ -94,7 +94,7 @@ def bench(name: str, steps: int, repeats: int, data: str, reference_steps: int) 
         optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
         if gamma is None:
             return make_step(model, optimizer, None, batches, spread)
-        surgeon = build_surgeon(model, cfg, phase, None)
+        surgeon = build_surgeon(model, cfg, None, None)
         surgeon.begin_phase(phase.c, phase.iter_stop, gamma, phase.power)
         if frozen:  # the first surgery step (its gate always opens), then fine-tuning: no surgeon in the loop
             surgeon.step(0)
