@@ -1,6 +1,7 @@
 """Checkpoints: one plain dict, loadable with `torch.load` and readable without this package.
 
     {"format": "dns-checkpoint", "version": 1, "model": "lenet5", "num_classes": 10,
+     "model_args": {"num_classes": 10, "in_channels": 1},  # dns.models.get_model's arguments (+ arch: torchvision)
      "state_dict": {"fc1.weight": dense W, ...},      # the trainable weights, masked entries included
      "masks": {"fc1.weight": bool tensor, ...},       # absent for a layer without masks
      "layers": {"fc1": {"c", "iter_stop", "mu", "sigma", "a", "b", "pruned", "spliced"}, ...},
@@ -41,3 +42,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dns checkpoint: give a .pt file written by dns-train")
     return checkpoint
+
+
+def model_of(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    """An untrained model of the checkpoint's architecture: its `dns.models` name built with its `model_args`
+    (checkpoints before 2026-12-03 name only `num_classes`)."""
+    from dns.models import get_model
+
+    return get_model(checkpoint["model"], **(checkpoint.get("model_args") or {"num_classes": checkpoint["num_classes"]}))

@@ -204,9 +204,13 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print report.json's fields instead of the table")
     args = parser.parse_intermixed_args(argv)
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            dataset = OmegaConf.to_object(compose(config_name="config", overrides=args.overrides)).dataset
         checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
+        trained_on = (checkpoint.get("config") or {}).get("dataset", {}).get("name")
+        overrides = list(args.overrides)
+        if trained_on and not any(o.startswith("dataset=") for o in overrides):
+            overrides.insert(0, f"dataset={trained_on}")  # the test set of the data it was trained on
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            dataset = OmegaConf.to_object(compose(config_name="config", overrides=overrides)).dataset
         check_image_folder(dataset.root) if dataset.name == "imagenet" else prepare_dataset(dataset)
     except Exception as e:  # a bad file, missing data, or Hydra's composition errors
         fail("dns-eval", one_line(e))

@@ -33,16 +33,19 @@ def layer_dict(value_type: type):
 @dataclass
 class ModelConfig:
     name: str = MISSING  # a name of dns.models.list_models()
+    arch: Optional[str] = None  # torchvision: a classification builder of torchvision.models (resnet18, vgg16, ...)
+    weights: Optional[str] = None  # torchvision: a local state_dict file to start from (nothing is downloaded)
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # mnist | fashion_mnist | imagenet
-    root: str = "${oc.env:DNS_DATA,./data}"  # holds <Name>/raw/ in torchvision's layout (imagenet: train/, val/)
+    name: str = MISSING  # mnist | fashion_mnist | cifar10 | cifar100 | imagenet
+    root: str = "${oc.env:DNS_DATA,./data}"  # torchvision's layout: <Name>/raw/, cifar-10-batches-py/, ... (imagenet: train/, val/)
     download: bool = True
     batch_size: int = 64
     shuffle: bool = True  # False: file order every epoch, as Caffe reads its LMDB (mnist, fashion_mnist)
     max_shift: int = 0  # mnist, fashion_mnist: training images moved by up to this many pixels (augmentation)
+    augment: bool = True  # cifar10, cifar100: random 32x32 crops of the 4-pixel zero-padded image, horizontal flips
     test_batch_size: int = 1000
     num_classes: int = 10
     workers: int = 4  # imagenet: DataLoader worker processes that decode and augment the images
@@ -63,9 +66,10 @@ class OptimizerConfig:
 @dataclass
 class LRPolicyConfig:
     name: str = "inv"  # fixed | inv: lr·(1 + gamma·i)^(-power) | step: lr·gamma^floor(i / step_size)
-    gamma: float = 1e-4
+    gamma: float = 1e-4  # | multistep: lr·gamma^(number of milestones <= i)
     power: float = 0.75
     step_size: int = 1
+    milestones: List[int] = field(default_factory=list)  # multistep: iterations at which lr is multiplied by gamma
 
 
 @dataclass
@@ -99,7 +103,8 @@ class SurgeryConfig:
     gamma: float = 1e-4  # gate sigma(i) = (1 + gamma·i)^(-power)
     power: float = 1.0
     prune_bias: bool = True
-    layers: Any = "all"  # all | conv | fc | a list of those and layer names
+    layers: Any = "all"  # all | conv | fc | a list of those, layer names and glob patterns (layer3.*)
+    exclude: Any = field(default_factory=list)  # layers never under surgery, given the same way: [conv1,fc]
     min_remaining: float = 0.0  # fraction of each layer's weights always kept (the largest |w|), so none is cut
     min_remaining_per_layer: Dict[str, float] = layer_dict(float)  # {fc3: 0.05, ...} overrides min_remaining
     # phases one after the other (e.g. conv, then fc); the other layers keep their masks meanwhile.
@@ -151,9 +156,28 @@ def register_configs() -> None:
 
 
 OPTIMIZERS = ("sgd", "caffe_sgd")
-LR_POLICIES = ("fixed", "inv", "step")
+LR_POLICIES = ("fixed", "inv", "step", "multistep")
 ANNEALS = ("none", "linear", "cosine")
-DATASETS = ("mnist", "fashion_mnist", "imagenet")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet")
+MNIST_LIKE = ("mnist", "fashion_mnist")
+
+
+def input_shape(dataset: DatasetConfig) -> tuple[int, int, int]:
+    """(C, H, W) of one sample of `dataset` as the model gets it."""
+    if dataset.name in MNIST_LIKE:
+        return (1, 28, 28)
+    if dataset.name == "imagenet":
+        return (3, dataset.image_size, dataset.image_size)
+    return (3, 32, 32)
+
+
+def model_args(run: RunConfig, weights: bool = True) -> dict[str, Any]:
+    """The keyword arguments of `dns.models.get_model` for this run: the dataset's channels and classes, and
+    torchvision's architecture (and its weights file, unless `weights` is False)."""
+    args: dict[str, Any] = {"num_classes": run.dataset.num_classes, "in_channels": input_shape(run.dataset)[0]}
+    if run.model.name == "torchvision":
+        args.update(arch=run.model.arch, weights=run.model.weights if weights else None)
+    return args
 
 
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
@@ -161,8 +185,9 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     from dns.data import prepare_dataset
     from dns.distributed import world
     from dns.imagenet import check_image_folder, holds_images
-    from dns.models import get_model, input_shape, layer_kind, list_models, prunable_layers
-    from dns.surgeon import select_layers
+    from dns.layers import per_layer
+    from dns.models import get_model, input_error, layer_kind, list_models, prunable_layers
+    from dns.train import surgery_phases
 
     run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     s = run.surgery
@@ -174,8 +199,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     require(run.model.name in list_models(),
             f"unknown model {run.model.name!r}: use model=<{'|'.join(list_models())}>")
     require(run.dataset.name in DATASETS, f"unknown dataset {run.dataset.name!r}: use dataset=<{'|'.join(DATASETS)}>")
-    require(run.dataset.max_shift == 0 or run.dataset.name != "imagenet",
-            "dataset.max_shift moves MNIST-style images; imagenet crops its own: drop the override")
+    require(run.dataset.max_shift == 0 or run.dataset.name in MNIST_LIKE,
+            f"dataset.max_shift moves MNIST-style images; {run.dataset.name} crops its own: drop the override")
     require(run.optimizer.name in OPTIMIZERS, f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
     require(run.lr_policy.name in LR_POLICIES, f"lr_policy.name must be one of {', '.join(LR_POLICIES)}")
     require(run.finetune.anneal in ANNEALS,
@@ -203,6 +228,11 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     require(s.iter_stop is None or s.iter_stop >= 0, f"surgery.iter_stop={s.iter_stop} is negative: give a value >= 0")
     for name, value in s.iter_stop_per_layer.items():
         require(value >= 0, f"surgery.iter_stop_per_layer.{name}={value} is negative: give a value >= 0")
+    milestones = run.lr_policy.milestones
+    require(all(m > 0 for m in milestones) and milestones == sorted(set(milestones)),
+            f"lr_policy.milestones={milestones}: give increasing iterations > 0, e.g. [32000,48000]")
+    require(run.lr_policy.name != "multistep" or milestones,
+            "lr_policy=multistep needs lr_policy.milestones, e.g. 'lr_policy.milestones=[32000,48000]'")
     require(run.device == "auto" or run.device == "cpu" or run.device.startswith("cuda"),
             f"device={run.device!r}: use auto, cpu, cuda or cuda:N")
     require(run.dataset.shuffle or run.dataset.name != "imagenet",
@@ -210,33 +240,35 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     require(run.dataset.pixels in ("torchvision", "caffe"),
             f"dataset.pixels={run.dataset.pixels!r}: use torchvision or caffe")
 
-    shape = (3, run.dataset.image_size, run.dataset.image_size) if run.dataset.name == "imagenet" else (1, 28, 28)
-    require(input_shape(run.model.name) == shape, f"{run.model.name} takes {input_shape(run.model.name)} inputs, "
-            f"{run.dataset.name} gives {shape}: pick a model for this dataset")
-    with torch.device("meta"):  # only the layer names are needed: allocate nothing
-        model = get_model(run.model.name, num_classes=run.dataset.num_classes)
-    kinds = {name: layer_kind(layer) for name, layer in prunable_layers(model).items()}
+    require((run.model.name == "torchvision") == (run.model.arch is not None),
+            "model.arch names a torchvision architecture: use model=torchvision model.arch=NAME"
+            if run.model.arch is not None else "model=torchvision needs model.arch=NAME, e.g. model.arch=resnet18")
+    require(run.model.weights is None or run.model.name == "torchvision",
+            f"model.weights loads torchvision weights; {run.model.name} starts from reference.checkpoint=PATH")
+    require(run.model.weights is None or os.path.isfile(run.model.weights),
+            f"model.weights={run.model.weights}: no such file; give a local state_dict file (nothing is downloaded)")
+    shape = input_shape(run.dataset)
     try:
-        require(isinstance(s.layers, str) or all(isinstance(x, str) for x in s.layers),
-                f"surgery.layers={s.layers!r}: give all, conv, fc or a list such as [conv1,fc1]")
-        select_layers(s.layers, kinds)
+        with torch.device("meta"):  # the layer names and shapes (and a weights file's keys) are checked: allocate nothing
+            model = get_model(run.model.name, **model_args(run))
     except ValueError as e:
-        raise ConfigError(f"surgery.layers: {e}") from None
-    for key in ("c_per_layer", "iter_stop_per_layer", "min_remaining_per_layer"):
-        for name in getattr(s, key):
-            require(name in kinds, f"surgery.{key} names {name!r}, which is no layer of {run.model.name} "
-                                   f"(layers: {', '.join(kinds)})")
+        raise ConfigError(str(e)) from None
+    misfit = input_error(model, shape, run.dataset.num_classes,
+                         name=run.model.arch if run.model.name == "torchvision" else run.model.name)
+    require(misfit is None, f"{(misfit or '').rstrip('.')}; pick a model for {run.dataset.name}")
+    kinds = {name: layer_kind(layer) for name, layer in prunable_layers(model).items()}
+    require(isinstance(s.layers, str) or all(isinstance(x, str) for x in s.layers),
+            f"surgery.layers={s.layers!r}: give all, conv, fc or a list such as [conv1,fc1] or [layer3.*]")
+    try:
+        surgery_phases(run, kinds)  # every selection, exclusion and per-layer key must match a layer
+        per_layer("surgery.min_remaining_per_layer", s.min_remaining_per_layer, list(kinds))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for i, phase in enumerate(s.phases):
         where = f"surgery.phases[{i}]"
-        try:
-            select_layers(phase.layers, kinds)
-        except ValueError as e:
-            raise ConfigError(f"{where}.layers: {e}") from None
         for key, value in [("iters", phase.iters), ("iter_stop", phase.iter_stop), ("gamma", phase.gamma),
                            ("power", phase.power)]:
             require(value is None or value >= 0, f"{where}.{key}={value} is negative: give a value >= 0")
-        for name in phase.c_per_layer:
-            require(name in kinds, f"{where}.c_per_layer names {name!r}, which is no layer of {run.model.name}")
     if s.phases:
         s.iters = sum(phase.iters for phase in s.phases)
     require(not (run.amp or run.channels_last) or run.device.startswith("cuda")
@@ -276,6 +308,11 @@ def adopt_checkpoint(run: RunConfig, kinds: dict[str, str]) -> None:
     if checkpoint.get("model") != run.model.name:
         raise ConfigError(f"reference.checkpoint holds a {checkpoint.get('model')} model, not {run.model.name}: "
                           f"pick model={checkpoint.get('model')} or another checkpoint")
+    stored, wanted = checkpoint.get("model_args"), model_args(run, weights=False)
+    if stored and stored != wanted:
+        differ = ", ".join(f"{k} {stored.get(k)} (config: {wanted.get(k)})" for k in wanted if stored.get(k) != wanted.get(k))
+        raise ConfigError(f"reference.checkpoint's model differs from the config's: {differ}; pick the matching "
+                          f"dataset and model settings or another checkpoint")
     if not run.reference.surgery_settings:
         return
     layers = {name: s for name, s in (checkpoint.get("layers") or {}).items() if s.get("c") is not None}

@@ -11,19 +11,19 @@ from torch import nn
 from dns.config import DatasetConfig
 from dns.data import Split, load_split
 from dns.export import byte_report
-from dns.models import get_model
-from dns.report import layer_rows, totals
+from dns.checkpoint import model_of
+from dns.report import dense_rows, layer_rows, totals
 from dns.surgeon import Surgeon
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int) -> float:
-    """Top-1 error on `split`, a fraction in [0, 1]."""
+    """Top-1 error on `split`, a fraction in [0, 1]; the stored images go through `split.inputs` (never augmented)."""
     was_training = model.training
     model.eval()
     wrong = 0
     for start in range(0, len(split.labels), batch_size):
-        logits = model(split.images[start:start + batch_size])
+        logits = model(split.inputs(split.images[start:start + batch_size]))
         wrong += int((logits.argmax(1) != split.labels[start:start + batch_size]).sum())
     model.train(was_training)
     return wrong / len(split.labels)
@@ -56,7 +56,7 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
 
 def restore(checkpoint: dict[str, Any]) -> tuple[nn.Module, Surgeon]:
     """The checkpoint's model with its masks attached, and a surgeon holding its per-layer settings."""
-    model = get_model(checkpoint["model"], num_classes=checkpoint["num_classes"])
+    model = model_of(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     masks = checkpoint.get("masks") or {}
     surgeon = Surgeon(model, layers=[], prune_bias=any(k.endswith(".bias") for k in masks), masks=masks)
@@ -82,10 +82,10 @@ def evaluator(dataset: DatasetConfig, device: torch.device) -> TestFn:
 def evaluation_report(checkpoint: dict[str, Any], test: TestFn, dataset: str) -> dict[str, Any]:
     """The fields of report.json that a checkpoint alone determines: layers, totals and the test error(s)."""
     model, surgeon = restore(checkpoint)
-    rows = layer_rows(surgeon)
+    rows, dense = layer_rows(surgeon), dense_rows(surgeon)
     errors = test(model)
     result = {"final_error": errors["top1"]}
     if "top5" in errors:
         result["final_top5_error"] = errors["top5"]
     return {"model": checkpoint["model"], "dataset": dataset, "status": "evaluated", "layers": rows,
-            "total": totals(rows), "test": result, "bytes": byte_report(checkpoint)}
+            "dense_layers": dense, "total": totals(rows, dense), "test": result, "bytes": byte_report(checkpoint)}

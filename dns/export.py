@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dns.masks import mask_state_dict, plain_state_dict
-from dns.models import get_model
+from dns.checkpoint import model_of
 
 MAGIC, VERSION = b"DNSX", 1
 VALUE_TYPES = {"float32": (0, "<f4"), "float16": (1, "<f2")}  # name: (code in the file, little-endian type)
@@ -64,6 +64,8 @@ def effective_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 def to_bytes(checkpoint: dict[str, Any], value_type: str = "float32") -> bytes:
     code, dtype = VALUE_TYPES[value_type]
     tensors, header = [], {"model": checkpoint["model"], "num_classes": checkpoint["num_classes"], "tensors": []}
+    if checkpoint.get("model_args"):
+        header["model_args"] = checkpoint["model_args"]
     for name, value in effective_state_dict(checkpoint).items():
         codes, values = encode(value.flatten().float())
         tensors.append(codes.numpy().tobytes() + values.numpy().astype(dtype).tobytes())
@@ -128,7 +130,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     if model is None:
         if header["model"] is None:
             raise ValueError(f"{path} holds a model of your own: pass it, dns.load(path, model=YourModel())")
-        model = get_model(header["model"], num_classes=header["num_classes"])
+        model = model_of(header)
     model.load_state_dict(tensors)
     return model.eval()
 
@@ -136,7 +138,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
 def as_checkpoint(path: str | Path) -> dict[str, Any]:
     """A `.dns` file in checkpoint form (dense-with-zeros weights, masks = non-zero), e.g. for dns-eval."""
     header, tensors = read(Path(path).read_bytes())
-    return {"model": header["model"], "num_classes": header["num_classes"], "state_dict": tensors,
+    return {"model": header["model"], "num_classes": header["num_classes"], "model_args": header.get("model_args"),
+            "state_dict": tensors,
             "masks": {name: t != 0 for name, t in tensors.items()}, "layers": {}}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Iterable
 
@@ -19,6 +20,8 @@ def learning_rate(policy: LRPolicyConfig, base_lr: float, iteration: int) -> flo
         return base_lr * math.pow(1.0 + policy.gamma * iteration, -policy.power)
     if policy.name == "step":
         return base_lr * math.pow(policy.gamma, iteration // policy.step_size)
+    if policy.name == "multistep":  # Caffe's multistep, torch's MultiStepLR: gamma once per milestone passed
+        return base_lr * math.pow(policy.gamma, bisect.bisect_right(policy.milestones, iteration))
     raise ValueError(f"unknown lr_policy {policy.name!r}")
 
 

@@ -4,14 +4,15 @@ Sources: the paper's Table 1 and layer-wise Tables 2-3, as gathered in ../shared
 (§1, §3, §3.3) and the best published LeNet results in peers-and-prior-art.md (§0, §5).
 """
 
-# Table 1: errors are fractions; remaining and compression count weights and biases.
+# Table 1: errors are fractions; remaining and compression count weights and biases. A run is set beside a row
+# when it has the row's model and dataset.
 TABLE1 = {
-    "lenet5": {"network": "LeNet-5", "reference_error": 0.0091, "error": 0.0091, "params": 431_080,
+    "lenet5": {"network": "LeNet-5", "dataset": "mnist", "reference_error": 0.0091, "error": 0.0091, "params": 431_080,
                "remaining": 4_000, "compression": 108.0, "iterations": (10_000, 16_000)},
-    "lenet300": {"network": "LeNet-300-100", "reference_error": 0.0228, "error": 0.0199, "params": 266_610,
+    "lenet300": {"network": "LeNet-300-100", "dataset": "mnist", "reference_error": 0.0228, "error": 0.0199, "params": 266_610,
                  "remaining": 4_800, "compression": 56.0, "iterations": (10_000, 25_000)},
     # ILSVRC-2012 single-crop validation; the paper gives no top-5 error for the reference
-    "alexnet": {"network": "AlexNet", "reference_error": 0.4342, "error": 0.4309, "top5_error": 0.1999,
+    "alexnet": {"network": "AlexNet", "dataset": "imagenet", "reference_error": 0.4342, "error": 0.4309, "top5_error": 0.1999,
                 "params": 60_965_224, "remaining": 3_450_000, "compression": 17.7,
                 "iterations": (450_000, 700_000)},
 }

@@ -34,13 +34,31 @@ def layer_rows(surgeon: "Surgeon") -> list[dict[str, Any]]:
     return rows
 
 
-def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Compression = parameters of the prunable layers / those whose mask is 1, with and without biases."""
+def dense_rows(surgeon: "Surgeon") -> list[dict[str, Any]]:
+    """One row per module outside the prunable layers that holds parameters of its own (BatchNorm, LayerNorm,
+    embeddings, ...): never masked, so all of it remains."""
+    masked = {id(layer.module) for layer in surgeon.layers}
+    rows = []
+    for name, module in surgeon.model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if params and id(module) not in masked:
+            count = sum(p.numel() for p in params)
+            rows.append({"name": name or "(model)", "kind": type(module).__name__, "params": count,
+                         "remaining": count})
+    return rows
+
+
+def totals(rows: list[dict[str, Any]], dense: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Compression = parameters of the prunable layers / those whose mask is 1, with and without biases; and
+    over every parameter of the model (`dense`: the rows of the modules that are not masked)."""
     params, remaining = sum(r["params"] for r in rows), sum(r["remaining"] for r in rows)
     w_params, w_remaining = sum(r["weight_params"] for r in rows), sum(r["weight_remaining"] for r in rows)
+    all_params = params + sum(r["params"] for r in dense)
+    all_remaining = remaining + sum(r["remaining"] for r in dense)
     return {"params": params, "remaining": remaining, "remaining_pct": 100.0 * remaining / params,
             "compression": ratio(params, remaining), "weight_params": w_params, "weight_remaining": w_remaining,
-            "weight_compression": ratio(w_params, w_remaining)}
+            "weight_compression": ratio(w_params, w_remaining), "model_params": all_params,
+            "model_remaining": all_remaining, "model_compression": ratio(all_params, all_remaining)}
 
 
 class History:
@@ -114,12 +132,13 @@ def _times(x: float | None) -> str:
     return "∞" if x is None else f"{x:.1f}×"
 
 
-def layer_table(rows: list[dict[str, Any]]) -> str:
-    """The per-layer table of `layer_rows` in the form of the paper's Tables 2-3, and the compression."""
+def layer_table(rows: list[dict[str, Any]], dense: list[dict[str, Any]] = ()) -> str:
+    """The per-layer table of `layer_rows` in the form of the paper's Tables 2-3, and the compression; the
+    modules that are not masked (`dense_rows`) close it, one line per kind."""
     def num(x: float | None, digits: int = 4) -> str:
         return "" if x is None else f"{x:.{digits}g}"
 
-    total = totals(rows)
+    total = totals(rows, dense)
     lines = ["| layer | parameters | remaining | remaining % | c | a | b | pruned | spliced |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -127,8 +146,16 @@ def layer_table(rows: list[dict[str, Any]]) -> str:
                      f"{num(r['c'])} | {num(r['a'])} | {num(r['b'])} | {r['pruned']:,} | {r['spliced']:,} |")
     lines.append(f"| **total** | **{total['params']:,}** | **{total['remaining']:,}** | "
                  f"**{_pct(total['remaining_pct'])}** | | | | | |")
+    kinds: dict[str, list[int]] = {}
+    for r in dense:
+        kinds.setdefault(r["kind"], []).append(r["params"])
+    for kind, counts in kinds.items():
+        lines.append(f"| {kind} ×{len(counts)}, not masked | {sum(counts):,} | {sum(counts):,} | {_pct(100)} "
+                     f"| | | | | |")
     lines += ["", f"Compression: **{_times(total['compression'])}** over weights and biases "
-                  f"({_times(total['weight_compression'])} over weights alone)."]
+                  f"({_times(total['weight_compression'])} over weights alone)"
+                  + (f"; {_times(total['model_compression'])} over all {total['model_params']:,} parameters of the "
+                     f"model, those not masked included." if dense else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +167,7 @@ def markdown_table(report: dict[str, Any]) -> str:
                 f"{report.get('error', '')}\n")
     lines = [f"# {report['model']} on {report['dataset']}: {report['status']}", "",
              *([f"Stopped early: {report['error']}", ""] if report.get("error") else []),
-             layer_table(report["layers"])]
+             layer_table(report["layers"], report.get("dense_layers") or [])]
     if "bytes" in report:
         b = report["bytes"]
         lines += [f"Size on disk: {b['dense_float32']:,} bytes dense (float32) → {b['dns_float32']:,} bytes as .dns "
@@ -182,8 +209,11 @@ def plot_history(rows: list[dict[str, Any]], layer_names: list[str], folder: Pat
     folder.mkdir(parents=True, exist_ok=True)
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in layer_names:
-        ax.plot(steps, [r[f"{name}_remaining_pct"] for r in rows], label=name)
+    many = len(layer_names) > 10  # a deep net: layers coloured by depth, the first and the last named
+    for i, name in enumerate(layer_names):
+        style = dict(color=matplotlib.colormaps["viridis"](i / (len(layer_names) - 1)), linewidth=0.8) if many else {}
+        named = not many or i in (0, len(layer_names) - 1)
+        ax.plot(steps, [r[f"{name}_remaining_pct"] for r in rows], label=name if named else None, **style)
     ax.plot(steps, [r["remaining_pct"] for r in rows], "k--", label="total")
     ax.set(xlabel="iteration (all stages)", ylabel="remaining %", yscale="log", title="Remaining connections")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))

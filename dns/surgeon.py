@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from dns import masks as masking
+from dns.layers import per_layer, select_layers
 from dns.models import layer_kind, prunable_layers
-from dns.report import layer_rows, layer_table, totals
+from dns.report import dense_rows, layer_rows, layer_table, totals
 from dns.thresholds import gate_open, magnitude_stats, thresholds
 
 # what a checkpoint keeps of each layer's surgery, beside its weights and masks
@@ -40,26 +41,6 @@ class Phase:
     @property
     def label(self) -> str:
         return ",".join(self.c)
-
-
-def select_layers(selection: str | list[str], kinds: dict[str, str]) -> list[str]:
-    """Names of the layers picked by `selection`: 'all', 'conv', 'fc', or a list of those and layer names.
-
-    `kinds` maps each layer name to 'conv' or 'fc', in forward order; the result keeps that order.
-    A name that matches no layer is an error, never silently ignored.
-    """
-    items = [selection] if isinstance(selection, str) else list(selection)
-    picked: set[str] = set()
-    for item in items:
-        if item == "all":
-            picked.update(kinds)
-        elif item in ("conv", "fc"):
-            picked.update(name for name, kind in kinds.items() if kind == item)
-        elif item in kinds:
-            picked.add(item)
-        else:
-            raise ValueError(f"no layer named {item!r}; layers are {', '.join(kinds)} (or all, conv, fc)")
-    return [name for name in kinds if name in picked]
 
 
 @dataclass
@@ -152,15 +133,6 @@ class GateDraws:
             self._used = state["used"]
 
 
-def _per_layer(name: str, values: dict | None, names: list[str]) -> dict:
-    values = dict(values or {})
-    unknown = [key for key in values if key not in names]
-    if unknown:
-        raise ValueError(f"{name} names {', '.join(map(repr, unknown))}, not a conv or fc layer of the model; "
-                         f"its layers are {', '.join(names)}")
-    return values
-
-
 def _check(name: str, value, low: float = -math.inf, high: float = math.inf, high_open: bool = False) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low or value > high \
             or (high_open and value == high):
@@ -180,9 +152,12 @@ class Surgeon:
 
     Args:
         model: any `nn.Module`; its Conv2d and Linear layers are masked (under their `named_modules` names).
-        c: c of every selected layer; `c_per_layer` ({'fc1': 4.0}) overrides it layer by layer.
-        layers: the layers under surgery: 'all', 'conv', 'fc', or a list of those and layer names; the
-            other layers keep their masks (all ones unless `masks` says otherwise).
+        c: c of every selected layer; `c_per_layer` ({'fc1': 4.0, 'layer3.*': 2.0}) overrides it layer by
+            layer (keys are names or glob patterns; the most specific key that matches a layer wins; so for
+            every `*_per_layer` argument).
+        layers: the layers under surgery: 'all', 'conv', 'fc', or a list of those, layer names and glob
+            patterns ('layer3.*'); the other layers keep their masks (all ones unless `masks` says otherwise).
+        exclude: layers never under surgery, given the same way (e.g. ['conv1', 'fc'], the first and last).
         iter_stop: masks frozen from this iteration on (None: never); `iter_stop_per_layer` overrides it.
         margin, gamma, power: the hysteresis margin and the σ(i) schedule.
         prune_bias: mask the biases too, as the authors did.
@@ -193,7 +168,7 @@ class Surgeon:
     """
 
     def __init__(self, model: nn.Module, c: float = 1.0, *, c_per_layer: dict[str, float] | None = None,
-                 layers: str | list[str] = "all", iter_stop: int | None = None,
+                 layers: str | list[str] = "all", exclude: str | list[str] = (), iter_stop: int | None = None,
                  iter_stop_per_layer: dict[str, int] | None = None, margin: float = 0.1, gamma: float = 1e-4,
                  power: float = 1.0, prune_bias: bool = True, min_remaining: float = 0.0,
                  min_remaining_per_layer: dict[str, float] | None = None, seed: int = 0,
@@ -202,10 +177,10 @@ class Surgeon:
         if not modules:
             raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
         names = list(modules)
-        selected = select_layers(layers, {name: layer_kind(m) for name, m in modules.items()})
-        c_per_layer = _per_layer("c_per_layer", c_per_layer, names)
-        stops = _per_layer("iter_stop_per_layer", iter_stop_per_layer, names)
-        keep = _per_layer("min_remaining_per_layer", min_remaining_per_layer, names)
+        selected = select_layers(layers, {name: layer_kind(m) for name, m in modules.items()}, exclude)
+        c_per_layer = per_layer("c_per_layer", c_per_layer, names)
+        stops = per_layer("iter_stop_per_layer", iter_stop_per_layer, names)
+        keep = per_layer("min_remaining_per_layer", min_remaining_per_layer, names)
         for key, value in [("c", c), *((f"c_per_layer[{k!r}]", v) for k, v in c_per_layer.items())]:
             _check(key, value)
         for key, value in [("iter_stop", iter_stop), *((f"iter_stop_per_layer[{k!r}]", v) for k, v in stops.items())]:
@@ -306,13 +281,19 @@ class Surgeon:
         self._check_not_removed()
         return layer_rows(self)
 
+    def dense_table(self) -> list[dict]:
+        """One row per module with parameters that is not masked (BatchNorm, ...): name, kind, params, remaining."""
+        self._check_not_removed()
+        return dense_rows(self)
+
     def totals(self) -> dict:
-        """params, remaining and compression over every masked layer, with and without biases."""
-        return totals(self.table())
+        """params, remaining and compression over every masked layer, with and without biases, and over all
+        the model's parameters (model_params, model_remaining, model_compression)."""
+        return totals(self.table(), self.dense_table())
 
     def markdown(self) -> str:
         """The per-layer table in the form of the paper's Tables 2-3, as in report.md, and the compression."""
-        return layer_table(self.table())
+        return layer_table(self.table(), self.dense_table())
 
     def remove(self) -> nn.Module:
         """End surgery: W ⊙ T baked into the plain weights, masks gone; returns the model, now an ordinary one

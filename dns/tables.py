@@ -1,6 +1,7 @@
 """`dns-report`: many runs side by side with the paper — Table 1, the layer-wise tables, a sweep's Pareto front.
 
-Rows of data first (`collect`, `table1_rows`, `layer_rows_by_model`, `sweep_rows`), formatting second.
+Rows of data first (`find_runs`, `table1_rows`, `layer_rows_by_group`, `sweep_rows`), formatting second. Runs are
+grouped by model and dataset: each (model, dataset) has its Table 1 block, layer table and Pareto front.
 """
 
 from __future__ import annotations
@@ -31,7 +32,24 @@ class Run:
 
     @property
     def model(self) -> str | None:
-        return self.report["model"] if self.report else None
+        """The architecture: a dns.models name, or torchvision's (`arch`) for model=torchvision."""
+        return (self.report.get("arch") or self.report["model"]) if self.report else None
+
+    @property
+    def group(self) -> tuple[str, str]:
+        """(model, dataset): the runs that share a Table 1 block, a layer table and a Pareto front."""
+        return self.model, self.report.get("dataset", "")
+
+
+def paper_row(group: tuple[str, str]) -> dict[str, Any] | None:
+    """The paper's Table 1 row for runs of this (model, dataset), if it has one."""
+    ref = paper.TABLE1.get(group[0])
+    return ref if ref and ref["dataset"] == group[1] else None
+
+
+def network(group: tuple[str, str]) -> str:
+    ref = paper_row(group)
+    return ref["network"] if ref else f"{group[0]} on {group[1]}"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -76,20 +94,20 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     return [not any(dominates(q, p) for q in points) for p in points]
 
 
-def completed_by_model(runs: list[Run]) -> dict[str, list[Run]]:
-    """The completed runs grouped by model, models in order of first appearance."""
-    groups: dict[str, list[Run]] = {}
+def completed_by_group(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """The completed runs grouped by (model, dataset), in order of first appearance."""
+    groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         if run.completed:
-            groups.setdefault(run.model, []).append(run)
+            groups.setdefault(run.group, []).append(run)
     return groups
 
 
 def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
-    """Per model: the paper's row, each completed run, and mean ± std when there are several."""
+    """Per (model, dataset): the paper's row, each completed run, and mean ± std when there are several."""
     rows = []
-    for model, mine in completed_by_model(runs).items():
-        ref = paper.TABLE1.get(model)
+    for group, mine in completed_by_group(runs).items():
+        ref = paper_row(group)
         if ref:
             rows.append({"network": ref["network"], "source": "paper (Guo et al. 2016)",
                          "reference_error": ref["reference_error"], "final_error": ref["error"],
@@ -98,17 +116,17 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
                          "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
         for run in mine:
             rep = run.report
-            rows.append({"network": ref["network"] if ref else model, "source": label(run, root),
+            rows.append({"network": network(group), "source": label(run, root),
                          "reference_error": rep["test"]["reference_error"], "final_error": rep["test"]["final_error"],
                          "final_top5_error": rep["test"].get("final_top5_error"),
                          "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
                          "compression": rep["total"]["compression"],
                          "iterations": f"{rep['iterations']['reference'] / 1000:g}K → {dns_iterations(rep) / 1000:g}K"})
-        for group in seed_groups(mine):
-            tests = [r.report["test"] for r in group]
-            ratios = [r.report["total"]["compression"] or 0.0 for r in group]
-            rows.append({"network": ref["network"] if ref else model,
-                         "source": f"mean ± std of {', '.join(label(r, root) for r in group)}",
+        for seeds in seed_groups(mine):
+            tests = [r.report["test"] for r in seeds]
+            ratios = [r.report["total"]["compression"] or 0.0 for r in seeds]
+            rows.append({"network": network(group),
+                         "source": f"mean ± std of {', '.join(label(r, root) for r in seeds)}",
                          "reference_error": None, "final_error": mean_std([t["final_error"] for t in tests]),
                          "final_top5_error": mean_std([t.get("final_top5_error") for t in tests]),
                          "params": None, "remaining": None,
@@ -132,27 +150,29 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def layer_rows_by_model(runs: list[Run], root: Path) -> dict[str, tuple[list[str], list[list[Any]]]]:
-    """Per model: column names and rows of remaining % per layer (paper, then each completed run)."""
+def layer_rows_by_group(runs: list[Run], root: Path) -> dict[tuple[str, str], tuple[list[str], list[list[Any]]]]:
+    """Per (model, dataset): column names and rows of remaining % per layer (paper, then each completed run)."""
     tables = {}
-    for model, mine in completed_by_model(runs).items():
+    for group, mine in completed_by_group(runs).items():
+        ref = paper_row(group)
+        published = paper.LAYERS.get(group[0], {}) if ref else {}
         header = ["layer", "parameters", "paper"] + [label(r, root) for r in mine]
         rows = []
         for i, layer in enumerate(mine[0].report["layers"]):
-            rows.append([layer["name"], layer["params"], paper.LAYERS.get(model, {}).get(layer["name"])]
+            rows.append([layer["name"], layer["params"], published.get(layer["name"])]
                         + [r.report["layers"][i]["remaining_pct"] for r in mine])
-        total_paper = 100 * paper.TABLE1[model]["remaining"] / paper.TABLE1[model]["params"] if model in paper.TABLE1 else None
+        total_paper = 100 * ref["remaining"] / ref["params"] if ref else None
         rows.append(["total", mine[0].report["total"]["params"], total_paper]
                     + [r.report["total"]["remaining_pct"] for r in mine])
-        tables[model] = (header, rows)
+        tables[group] = (header, rows)
     return tables
 
 
 def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
-    """One row per run, failed ones included; completed runs on their model's error-compression Pareto front
-    are marked (a LeNet-5 run does not push a LeNet-300-100 run off the front)."""
+    """One row per run, failed ones included; completed runs on the error-compression Pareto front of their model
+    and dataset are marked (a LeNet-5 run does not push a LeNet-300-100 run off the front)."""
     front = {}
-    for done in completed_by_model(runs).values():
+    for done in completed_by_group(runs).values():
         front.update(zip((id(r) for r in done), pareto_front(
             [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
     rows = []
@@ -160,10 +180,11 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
         rep = run.report or {}
         total = rep.get("total") or {}  # None in a run stopped before surgery
         rows.append({
-            "run": label(run, root), "status": run.status, "model": run.model or "",
+            "run": label(run, root), "status": run.status, "model": run.model or "", "dataset": rep.get("dataset", ""),
             "overrides": " ".join(run.overrides),
             "compression": total.get("compression"),
             "weight_compression": total.get("weight_compression"),
+            "model_compression": total.get("model_compression"),  # over all parameters, BatchNorm included
             "remaining": total.get("remaining"),
             "bytes_ratio": rep.get("bytes", {}).get("ratio_float32"),
             "bytes_ratio_float16": rep.get("bytes", {}).get("ratio_float16"),
@@ -209,22 +230,24 @@ def markdown(runs: list[Run], root: Path) -> str:
         lines.append(f"| {r['network']} | {r['source']} | {_pct(r['reference_error'])} | {_pct(r['final_error'])} | "
                      + (f"{_pct(r['final_top5_error'])} | " if top5 else "")
                      + f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
-    for model, (header, rows) in layer_rows_by_model(runs, root).items():
-        network = paper.TABLE1.get(model, {}).get("network", model)
-        lines += ["", f"## {network}: remaining % per layer (paper's Tables 2–3)", "",
+    for group, (header, rows) in layer_rows_by_group(runs, root).items():
+        lines += ["", f"## {network(group)}: remaining % per layer (paper's Tables 2–3)", "",
                   "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         for row in rows:
             cells = [row[0], f"{row[1]:,}"] + ["" if v is None else f"{v:.2f} %" for v in row[2:]]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "",
-              "Pareto front (no other run of the same network is both more compressed and more accurate): ★", "",
-              "| run | status | overrides | compression | bytes (float32 / float16) | DNS error | iterations (reference → DNS) | front |",
-              "|---|---|---|---:|---:|---:|---|:-:|"]
+              "Pareto front (no other run of the same network and dataset is both more compressed and more accurate): ★."
+              " Compression counts the conv and fc layers; over all parameters it counts the unmasked ones (BatchNorm,"
+              " ...) too.", "",
+              "| run | status | overrides | compression | over all parameters | bytes (float32 / float16) | DNS error "
+              "| iterations (reference → DNS) | front |",
+              "|---|---|---|---:|---:|---:|---:|---|:-:|"]
     for r in sweep_rows(runs, root):
         iters = f"{r['reference_iters']:,} → {r['dns_iters']:,}" if r["dns_iters"] is not None else ""
         size = f"{_times(r['bytes_ratio'])} / {_times(r['bytes_ratio_float16'])}" if r["bytes_ratio"] else ""
         lines.append(f"| {r['run']} | {r['status']} | {r['overrides'] or '(defaults)'} | {_times(r['compression'])} | "
-                     f"{size} | {_pct(r['final_error'])} | {iters} | {'★' if r['pareto'] else ''} |")
+                     f"{_times(r['model_compression'])} | {size} | {_pct(r['final_error'])} | {iters} | {'★' if r['pareto'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -244,19 +267,18 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for model, mine in completed_by_model(runs).items():
+    for group, mine in completed_by_group(runs).items():
         points = [(r.report["total"]["compression"] or 0.0, 100 * r.report["test"]["final_error"]) for r in mine]
-        network = paper.TABLE1.get(model, {}).get("network", model)
-        line = ax.scatter(*zip(*points), label=f"{network}: our runs", zorder=3)
+        name, ref = network(group), paper_row(group)
+        line = ax.scatter(*zip(*points), label=f"{name}: our runs", zorder=3)
         front = sorted(p for p, on in zip(points, pareto_front([(c, e) for c, e in points])) if on)
         ax.plot(*zip(*front), color=line.get_facecolor()[0], linewidth=1, alpha=0.6)
-        if model in paper.TABLE1:
-            ref = paper.TABLE1[model]
+        if ref:
             ax.scatter([ref["compression"]], [100 * ref["error"]], marker="*", s=180, color=line.get_facecolor()[0],
-                       edgecolor="black", label=f"{network}: DNS paper", zorder=4)
-        for name, error, compression in paper.OTHERS.get(model, []):
-            ax.scatter([compression], [100 * error], marker="x", color=line.get_facecolor()[0], zorder=3)
-            ax.annotate(name, (compression, 100 * error), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                       edgecolor="black", label=f"{name}: DNS paper", zorder=4)
+            for peer, error, compression in paper.OTHERS.get(group[0], []):
+                ax.scatter([compression], [100 * error], marker="x", color=line.get_facecolor()[0], zorder=3)
+                ax.annotate(peer, (compression, 100 * error), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set(xscale="log", xlabel="compression (parameters / remaining, log scale)", ylabel="test error %",
            title="Error against compression")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))

@@ -23,15 +23,16 @@ from tqdm import tqdm
 
 from dns import distributed
 from dns.checkpoint import load_checkpoint, save_checkpoint
-from dns.config import RunConfig
-from dns.data import SplitBatches, load_split
+from dns.config import RunConfig, model_args
+from dns.data import SplitBatches, augmentation, load_split
 from dns.evaluate import TestFn, evaluator
 from dns.export import byte_report, checkpoint_of
 from dns.masks import plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import anneal, build_optimizer, learning_rate, set_learning_rate, set_weight_decay
-from dns.report import History, layer_rows, totals, write_reports
-from dns.surgeon import Phase, Surgeon, select_layers
+from dns.report import History, dense_rows, layer_rows, totals, write_reports
+from dns.layers import per_layer, select_layers
+from dns.surgeon import Phase, Surgeon
 from dns.thresholds import surgery_probability
 
 log = logging.getLogger(__name__)
@@ -82,21 +83,25 @@ def set_rng_states(states: dict[str, Any]) -> None:
 def surgery_phases(cfg: RunConfig, kinds: dict[str, str]) -> list[Phase]:
     """The surgery stage as phases: surgery.phases in order, or one phase of the surgery's own settings.
 
-    In a phase the most specific setting wins: its c_per_layer, its c, then surgery.c_per_layer and surgery.c.
-    Its iter_stop counts from the phase's start (unset: the phase's end).
+    In a phase the most specific setting wins: its c_per_layer, its c, then surgery.c_per_layer and surgery.c
+    (keys of the *_per_layer maps may be glob patterns; `dns.layers.per_layer`). surgery.exclude holds in every
+    phase. A phase's iter_stop counts from its start (unset: the phase's end).
     """
-    s = cfg.surgery
+    s, names = cfg.surgery, list(kinds)
+    c_per_layer = per_layer("surgery.c_per_layer", s.c_per_layer, names)
     if not s.phases:
-        names = select_layers(s.layers, kinds)
+        chosen = select_layers(s.layers, kinds, s.exclude, "surgery.layers")
         stop = s.iters if s.iter_stop is None else s.iter_stop
-        return [Phase(0, s.iters, {n: s.c_per_layer.get(n, s.c) for n in names},
-                      {n: s.iter_stop_per_layer.get(n, stop) for n in names}, s.gamma, s.power)]
+        stops = per_layer("surgery.iter_stop_per_layer", s.iter_stop_per_layer, names)
+        return [Phase(0, s.iters, {n: c_per_layer.get(n, s.c) for n in chosen},
+                      {n: stops.get(n, stop) for n in chosen}, s.gamma, s.power)]
     phases, first = [], 0
-    for step in s.phases:
-        names = select_layers(step.layers, kinds)
-        c = {n: step.c_per_layer.get(n, s.c_per_layer.get(n, s.c) if step.c is None else step.c) for n in names}
+    for i, step in enumerate(s.phases):
+        chosen = select_layers(step.layers, kinds, s.exclude, f"surgery.phases[{i}].layers")
+        own = per_layer(f"surgery.phases[{i}].c_per_layer", step.c_per_layer, names)
+        c = {n: own.get(n, c_per_layer.get(n, s.c) if step.c is None else step.c) for n in chosen}
         stop = step.iters if step.iter_stop is None else step.iter_stop
-        phases.append(Phase(first, step.iters, c, dict.fromkeys(names, stop),
+        phases.append(Phase(first, step.iters, c, dict.fromkeys(chosen, stop),
                             s.gamma if step.gamma is None else step.gamma,
                             s.power if step.power is None else step.power))
         first += step.iters
@@ -142,7 +147,7 @@ def build_data(cfg: RunConfig, device: torch.device, rank: int, world_size: int)
                                      rank, world_size, d.pixels)
     else:
         batches = SplitBatches(load_split(d, train=True).to(device), d.batch_size, cfg.seed, rank, world_size,
-                               d.shuffle, d.max_shift)
+                               d.shuffle, d.max_shift, augmentation(d))
     return batches, evaluator(d, device)
 
 
@@ -282,6 +287,7 @@ class Trainer:
     def model_content(self) -> dict[str, Any]:
         """The model part of a checkpoint: dense weights, masks, per-layer surgery settings."""
         return dict(checkpoint_of(self.model), model=self.cfg.model.name, num_classes=self.cfg.dataset.num_classes,
+                    model_args=model_args(self.cfg, weights=False),
                     layers=self.surgeon.layer_settings() if self.surgeon else {}, config=asdict(self.cfg))
 
     def save(self, name: str, stage: str) -> dict[str, Any]:
@@ -348,14 +354,15 @@ class Trainer:
     def report(self, status: str, error: str | None = None, final: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg = self.cfg
         rows = layer_rows(self.surgeon) if self.surgeon else []
+        dense = dense_rows(self.surgeon) if self.surgeon else []
         for row in rows:
             row["cut"] = row["weight_remaining"] == 0
         test = {"reference_error": self.reference_error, "final_error": self.test_error}
         if self.test_top5 is not None:
             test.update(reference_top5_error=self.reference_top5, final_top5_error=self.test_top5)
         report = {
-            "model": cfg.model.name, "dataset": cfg.dataset.name, "status": status, "config": asdict(cfg),
-            "layers": rows, "total": totals(rows) if rows else None, "test": test,
+            "model": cfg.model.name, "arch": cfg.model.arch, "dataset": cfg.dataset.name, "status": status, "config": asdict(cfg),
+            "layers": rows, "dense_layers": dense, "total": totals(rows, dense) if rows else None, "test": test,
             "iterations": {"reference": 0 if cfg.reference.checkpoint else cfg.reference.iters,
                            "surgery": cfg.surgery.iters, "finetune": cfg.finetune.iters},
             "phases": self.phases if len(cfg.surgery.phases) > 1 else None,
@@ -386,7 +393,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
         device = distributed.start(device)
     seed_everything(cfg.seed)
     batches, test = build_data(cfg, device, rank, world_size)
-    model = get_model(cfg.model.name, num_classes=cfg.dataset.num_classes).to(device)
+    model = get_model(cfg.model.name, **model_args(cfg)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     resume = state["resume"] if state else None

@@ -1,21 +1,25 @@
 """Cost of a surgery training step against a dense one, measured side by side in one process.
 
     DNS_DATA=../shared/data python scripts/bench_step.py [--steps 300] [--repeats 15] [--threads N]
-        [--models lenet5 lenet300] [--data mnist|random] [--reference-steps 2000]
+        [--models lenet5 lenet300 resnet20] [--data auto|mnist|random] [--reference-steps 2000]
+    python scripts/bench_step.py --models resnet20 --steps 20 --repeats 7     # batch 128: about 0.35 s a step
 
-For lenet5 and lenet300 it takes the paper recipe (conf/experiment/paper_<model>.yaml: its optimizer, surgery
-learning rate and weight decay, per-layer c, iter_stop, gamma and power) and times the mean training step
-(forward, backward, optimizer update, batch 64) of
+For each model it takes its recipe (conf/experiment/paper_<model>.yaml for the LeNets, <model>_cifar10.yaml for
+the CIFAR ResNets: its optimizer, batch size, surgery learning rate and weight decay, per-layer c, exclusions,
+iter_stop, gamma and power) and times the mean training step (forward, backward, optimizer update, the
+recipe's batch: 64 for the LeNets, 128 for the ResNets) of
   dense   the plain model, no masks (the reference stage);
   masked  the masked model with the masks of the recipe's first surgery, frozen (fine-tuning): masking alone;
   gated   the masked model with the surgeon under the recipe's gate: iteration i runs over the surgery stage
           (0 .. iter_stop) so each layer updates its mask with probability sigma(i);
   worst   the masked model updating every layer's mask at every step (gamma = 0).
-All four start from one dense reference. With --data mnist (the default; MNIST from $DNS_DATA) it is trained
+All four start from one dense reference. With --data mnist (auto's choice for the LeNets; MNIST from $DNS_DATA) it is trained
 for --reference-steps steps first and every step takes a real batch, so that weights and masks are those of
 a real run's early surgery (lenet300's fc1 keeps 0.04 % in `masked`, 0.5 % in `gated` by the last round; a
 whole surgery stage splices it back to 1.5 %). --data random takes random images and the untrained model,
-as this script did before 2026-12-03; the recipe's thresholds then prune fc1 and fc2 to nothing.
+as this script did before 2026-12-03; the recipe's thresholds then prune fc1 and fc2 to nothing. There is no
+CIFAR here, so auto takes random images for the ResNets (their untrained weights under the recipe's c keep
+about 30 % of each layer: the mask work is that of a real run, the weights are not).
 The four are interleaved over --repeats rounds, so that drifts of the machine hit all four alike; every round
 of `gated` draws the same gates. Each one's ratio to dense is printed for the median round and for the
 fastest round: on a shared machine other processes only ever add time, so the fastest rounds show the cost
@@ -36,7 +40,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dns.cli import CONFIG_MODULE
-from dns.config import RunConfig
+from dns.config import RunConfig, input_shape, model_args
 from dns.data import SplitBatches, load_split
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import build_optimizer
@@ -44,17 +48,21 @@ from dns.surgeon import GateDraws
 from dns.train import build_surgeon, surgery_phases
 
 
+RECIPES = {"lenet5": "paper_lenet5", "lenet300": "paper_lenet300", "resnet20": "resnet20_cifar10",
+           "resnet56": "resnet56_cifar10"}
+
+
 def recipe(name: str) -> RunConfig:
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=[f"experiment=paper_{name}"]))
+        return OmegaConf.to_object(compose(config_name="config", overrides=[f"experiment={RECIPES[name]}"]))
 
 
 def batches_of(cfg: RunConfig, data: str):
-    """Endless (images, labels) batches: real MNIST, or 32 random batches over and over."""
+    """Endless (images, labels) batches: real MNIST, or 8 random batches over and over."""
     if data == "mnist":
         return SplitBatches(load_split(cfg.dataset, train=True), cfg.dataset.batch_size, cfg.seed)
-    images = torch.rand(32, cfg.dataset.batch_size, 1, 28, 28)
-    labels = torch.randint(0, 10, (32, cfg.dataset.batch_size))
+    images = torch.randn(8, cfg.dataset.batch_size, *input_shape(cfg.dataset))
+    labels = torch.randint(0, cfg.dataset.num_classes, (8, cfg.dataset.batch_size))
     return itertools.cycle(list(zip(images, labels)))
 
 
@@ -80,7 +88,7 @@ def bench(name: str, steps: int, repeats: int, data: str, reference_steps: int) 
     torch.manual_seed(0)
     cfg = recipe(name)
     batches = batches_of(cfg, data)
-    reference = get_model(name)
+    reference = get_model(name, **model_args(cfg))
     if data == "mnist":
         train = make_step(reference, build_optimizer(reference, cfg.optimizer, cfg.optimizer.lr), None, batches, [0])
         train(reference_steps)
@@ -104,7 +112,7 @@ def bench(name: str, steps: int, repeats: int, data: str, reference_steps: int) 
     runs = {"dense": kind(), "masked": kind(phase.gamma, frozen=True), "gated": kind(phase.gamma),
             "worst": kind(0.0)}
     for run in runs.values():  # warm-up
-        run(50)
+        run(min(steps, 50))
     rounds = {key: [] for key in runs}
     for _ in range(repeats):
         for key, run in runs.items():
@@ -117,22 +125,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--models", nargs="+", choices=["lenet5", "lenet300"], default=["lenet5", "lenet300"])
-    parser.add_argument("--data", choices=["mnist", "random"], default="mnist")
+    parser.add_argument("--models", nargs="+", choices=list(RECIPES), default=["lenet5", "lenet300"])
+    parser.add_argument("--data", choices=["auto", "mnist", "random"], default="auto",
+                        help="auto: MNIST for the LeNets, random images for the ResNets")
     parser.add_argument("--reference-steps", type=int, default=2000, help="dense steps before timing (mnist)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.data} data, "
-          f"{args.steps} steps x {args.repeats} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds")
     kinds = ("dense", "masked", "gated", "worst")
-    print(f"{'model, round':<18}" + "".join(f"{kind + ' ms':>11}" for kind in kinds)
+    print(f"{'model, round (data)':<26}" + "".join(f"{kind + ' ms':>11}" for kind in kinds)
           + "".join(f"{kind + '/dense':>14}" for kind in kinds[1:]))
     for name in args.models:
-        rounds = bench(name, args.steps, args.repeats, args.data, args.reference_steps)
+        data = args.data if args.data != "auto" else "mnist" if name.startswith("lenet") else "random"
+        rounds = bench(name, args.steps, args.repeats, data, args.reference_steps)
         for label, stat in (("median", statistics.median), ("fastest", min)):
             t = {kind: stat(times) for kind, times in rounds.items()}
-            print(f"{name + ' ' + label:<18}" + "".join(f"{1e3 * t[kind]:>11.3f}" for kind in kinds)
+            print(f"{name + ' ' + label + ' (' + data + ')':<26}" + "".join(f"{1e3 * t[kind]:>11.3f}" for kind in kinds)
                   + "".join(f"{t[kind] / t['dense']:>14.3f}" for kind in kinds[1:]), flush=True)
 
 

@@ -138,9 +138,11 @@ def test_a_masked_model_saves_the_same_file_as_after_remove(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(c=float("nan")), r"c=nan: must be a finite number"),
-    (dict(c_per_layer={"head.outt": 1.0}), r"c_per_layer names 'head.outt', not a conv or fc layer of the model; "
-                                            r"its layers are features.0, head.hidden, head.out"),
-    (dict(layers=["fc9"]), r"no layer named 'fc9'"),
+    (dict(c_per_layer={"head.outt": 1.0}), r"c_per_layer: 'head.outt' matches no layer; "
+                                            r"layers are features.0, head.hidden, head.out"),
+    (dict(layers=["fc9"]), r"layers: 'fc9' matches no layer"),
+    (dict(exclude=["head.*", "tail.*"]), r"exclude: 'tail.\*' matches no layer"),
+    (dict(iter_stop_per_layer={"head*": 5, "*.out": 6}), r"'head\*' and '\*.out' both match 'head.out'"),
     (dict(margin=1.0), r"margin=1.0: must be a finite number in \[0.0, 1.0\)"),
     (dict(gamma=-1e-4), r"gamma=-0.0001: must be a finite number"),
     (dict(power=float("inf")), r"power=inf"),
@@ -193,3 +195,25 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, data_root, ca
         p.data.zero_()
     x = torch.rand(5, 1, 28, 28)
     assert torch.equal(dns.load(tmp_path / "mlp.dns", model=blank)(x), model.eval()(x))
+
+
+def test_a_resnet_with_batchnorm_by_patterns():
+    from dns.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("resnet20")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    surgeon = dns.Surgeon(model, c=0.5, exclude=["conv1", "fc"], c_per_layer={"layer3.*": 1.0, "*.conv2": 0.0},
+                          gamma=0.0)
+    gen = torch.Generator().manual_seed(0)
+    train(model, optimizer, surgeon, [(torch.randn(4, 3, 32, 32, generator=gen), torch.arange(4)) for _ in range(2)])
+    rows = {row["name"]: row for row in surgeon.table()}
+    assert rows["conv1"]["c"] is None and rows["fc"]["c"] is None and rows["conv1"]["remaining_pct"] == 100
+    assert (rows["layer3.2.conv2"]["c"], rows["layer2.2.conv2"]["c"], rows["layer1.0.conv1"]["c"]) == (1.0, 0.0, 0.5)
+    assert rows["layer3.0.conv1"]["remaining_pct"] < rows["layer2.0.conv1"]["remaining_pct"] < 100  # c 1 > c 0.5
+    dense_rows = surgeon.dense_table()  # BatchNorm: never masked, counted in full
+    assert [r["kind"] for r in dense_rows] == ["BatchNorm2d"] * 19 and dense_rows[0]["name"] == "bn1"
+    total = surgeon.totals()
+    assert total["model_params"] == sum(p.numel() for p in model.parameters()) == 269_722
+    assert total["model_remaining"] - total["remaining"] == sum(r["params"] for r in dense_rows) == 1_376
+    assert "| BatchNorm2d ×19, not masked | 1,376 | 1,376 | 100.00 % |" in surgeon.markdown()

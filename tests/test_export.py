@@ -31,14 +31,19 @@ def test_edge_cases_round_trip(flat):
     assert torch.equal(decode(codes, values, len(flat)), flat)
 
 
+EXTRA_ARGS = {"torchvision": {"arch": "resnet18"}}  # a builder of many architectures: one of them
+
+
 def masked_checkpoint(name: str, density: float, seed: int) -> dict:
     """A model with random masks of the given density, as dns-train would save it."""
     torch.manual_seed(seed)
-    model = get_model(name, num_classes=10)
+    args = {"num_classes": 10, **EXTRA_ARGS.get(name, {})}
+    model = get_model(name, **args)
     Surgeon(model, layers=[])
     for mask in (b for n, b in model.named_buffers() if n.endswith("_mask")):
         mask.copy_((torch.rand(mask.shape) < density).float())
-    return {"model": name, "num_classes": 10, "state_dict": plain_state_dict(model), "masks": mask_state_dict(model)}
+    return {"model": name, "num_classes": 10, "model_args": args, "state_dict": plain_state_dict(model),
+            "masks": mask_state_dict(model)}
 
 
 def round_trip_cases() -> list[tuple[str, float]]:
@@ -47,7 +52,7 @@ def round_trip_cases() -> list[tuple[str, float]]:
     cases = []
     for name in list_models():
         with torch.device("meta"):
-            params = sum(p.numel() for p in get_model(name).parameters())
+            params = sum(p.numel() for p in get_model(name, **EXTRA_ARGS.get(name, {})).parameters())
         cases += [(name, density) for density in [0.5, 0.02, 0.001] if params < 1e6 or density == 0.001]
     return cases
 
@@ -57,7 +62,8 @@ def test_round_trip_gives_identical_predictions(tmp_path, name, density):
     checkpoint = masked_checkpoint(name, density, seed=int(density * 1000))
     save(checkpoint, tmp_path / "m.dns")
     plain = dns.load(tmp_path / "m.dns")
-    assert all(type(module).__module__.startswith(("torch.nn", "dns.models")) for module in plain.modules())
+    assert all(type(module).__module__.startswith(("torch.nn", "dns.models", "torchvision.models"))
+               for module in plain.modules())
     assert not any(key.endswith(("_orig", "_mask")) for key in plain.state_dict())  # ordinary modules
     masked, _ = restore(checkpoint)
     x = torch.rand(2, *input_shape(name))

@@ -14,6 +14,9 @@ def test_learning_rate_policies():
     assert learning_rate(LRPolicyConfig("inv", gamma=1e-4, power=0.75), 0.01, 10000) == pytest.approx(0.01 * 2 ** -0.75)
     step = LRPolicyConfig("step", gamma=0.1, step_size=100)
     assert [learning_rate(step, 1.0, i) for i in (0, 99, 100, 250)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    multistep = LRPolicyConfig("multistep", gamma=0.1, milestones=[32000, 48000])  # He et al.'s CIFAR schedule
+    assert [learning_rate(multistep, 0.1, i) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
 def test_anneal_factors():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dns.tables import Run, pareto_front, sweep_rows
+from dns.tables import Run, pareto_front, sweep_rows, table1_rows
 
 
 def test_pareto_front_keeps_the_undominated_points():
@@ -18,15 +18,26 @@ def test_pareto_front_keeps_the_undominated_points():
     assert pareto_front(points) == [True, False, True, True, True]
 
 
-def test_each_network_has_its_own_front():
-    def run(name, model, compression, error):
-        report = {"status": "completed", "model": model, "total": {"compression": compression},
-                  "test": {"final_error": error}, "iterations": {"reference": 10, "surgery": 20, "finetune": 5}}
+def test_each_network_and_dataset_has_its_own_front():
+    def run(name, model, compression, error, dataset="mnist", arch=None):
+        report = {"status": "completed", "model": model, "arch": arch, "dataset": dataset,
+                  "total": {"compression": compression, "params": 100, "remaining": round(100 / compression)},
+                  "test": {"final_error": error, "reference_error": error},
+                  "iterations": {"reference": 10, "surgery": 20, "finetune": 5}}
         return Run(Path(name), "completed", report, [])
 
-    runs = [run("a", "lenet5", 120.0, 0.010), run("b", "lenet300", 57.0, 0.021), run("c", "lenet300", 50.0, 0.025)]
-    # LeNet-5's run beats both LeNet-300-100 runs in both numbers, but only c is behind one of its own network
-    assert [r["pareto"] for r in sweep_rows(runs, Path("."))] == [True, True, False]
+    runs = [run("a", "lenet5", 120.0, 0.010), run("b", "lenet300", 57.0, 0.021), run("c", "lenet300", 50.0, 0.025),
+            run("d", "resnet20", 3.0, 0.09, "cifar10"), run("e", "resnet20", 2.0, 0.30, "fashion_mnist"),
+            run("f", "resnet20", 2.5, 0.10, "cifar10"), run("g", "torchvision", 2.0, 0.5, "cifar10", "resnet18"),
+            run("h", "torchvision", 1.5, 0.6, "cifar10", "resnet50")]
+    # LeNet-5's run beats both LeNet-300-100 runs in both numbers, but only c is behind one of its own network;
+    # e is alone on Fashion-MNIST, f behind d on CIFAR-10, and each torchvision architecture is a network of its own
+    assert [r["pareto"] for r in sweep_rows(runs, Path("."))] == [True, True, False, True, True, False, True, True]
+    assert [r["model"] for r in sweep_rows(runs, Path("."))][-2:] == ["resnet18", "resnet50"]
+    rows = table1_rows(runs, Path("."))
+    assert [r["network"] for r in rows if r["source"] in list("abcdefgh")] == [
+        "LeNet-5", "LeNet-300-100", "LeNet-300-100", "resnet20 on cifar10", "resnet20 on cifar10",
+        "resnet20 on fashion_mnist", "resnet18 on cifar10", "resnet50 on cifar10"]
 
 
 @pytest.fixture(scope="module")

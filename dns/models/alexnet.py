@@ -30,9 +30,9 @@ class AlexNet(nn.Module):
     Caffe rounds pooled sizes up and torch down; at 227 every pooling divides evenly (55→27, 27→13, 13→6).
     """
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 96, kernel_size=11, stride=4)
+        self.conv1 = nn.Conv2d(in_channels, 96, kernel_size=11, stride=4)
         self.norm1 = caffe_lrn()
         self.conv2 = nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=2)
         self.norm2 = caffe_lrn()
@@ -62,5 +62,5 @@ class AlexNet(nn.Module):
 
 
 @register_model(input_shape=(3, 227, 227))
-def alexnet(num_classes: int = 1000) -> AlexNet:
-    return AlexNet(num_classes)
+def alexnet(num_classes: int = 1000, in_channels: int = 3) -> AlexNet:
+    return AlexNet(num_classes, in_channels)

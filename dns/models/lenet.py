@@ -21,11 +21,11 @@ def caffe_init_(model: nn.Module) -> None:
 
 
 class LeNet300(nn.Module):
-    """LeNet-300-100: 784-300-100-10 with ReLU; 266,610 parameters."""
+    """LeNet-300-100: 784-300-100-10 with ReLU; 266,610 parameters. Takes in_channels×28×28 images."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.fc1 = nn.Linear(28 * 28, 300)
+        self.fc1 = nn.Linear(in_channels * 28 * 28, 300)
         self.fc2 = nn.Linear(300, 100)
         self.fc3 = nn.Linear(100, num_classes)
         caffe_init_(self)
@@ -44,9 +44,9 @@ class LeNet5(nn.Module):
     ReLU follows fc1.
     """
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, kernel_size=5)
+        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
         self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
         self.fc1 = nn.Linear(50 * 4 * 4, 500)
         self.fc2 = nn.Linear(500, num_classes)
@@ -61,10 +61,10 @@ class LeNet5(nn.Module):
 
 
 @register_model(input_shape=(1, 28, 28))
-def lenet300(num_classes: int = 10) -> LeNet300:
-    return LeNet300(num_classes)
+def lenet300(num_classes: int = 10, in_channels: int = 1) -> LeNet300:
+    return LeNet300(num_classes, in_channels)
 
 
 @register_model(input_shape=(1, 28, 28))
-def lenet5(num_classes: int = 10) -> LeNet5:
-    return LeNet5(num_classes)
+def lenet5(num_classes: int = 10, in_channels: int = 1) -> LeNet5:
+    return LeNet5(num_classes, in_channels)
