@@ -50,3 +50,25 @@ def model_of(checkpoint: dict[str, Any]) -> torch.nn.Module:
     from dns.models import get_model
 
     return get_model(checkpoint["model"], **(checkpoint.get("model_args") or {"num_classes": checkpoint["num_classes"]}))
+
+
+# what of a run's dataset settings a model's evaluation depends on (not where the data lies on this machine)
+EVAL_DATASET_KEYS = ("name", "num_classes", "image_size", "resize_size", "pixels")
+
+
+def trained_dataset(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The dataset settings the checkpoint's model was trained with (EVAL_DATASET_KEYS), {} if unrecorded."""
+    dataset = (checkpoint.get("config") or {}).get("dataset") or checkpoint.get("dataset") or {}
+    return {key: dataset[key] for key in EVAL_DATASET_KEYS if key in dataset}
+
+
+def fill(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """`model.load_state_dict(state_dict)`, strict but for integer buffers the state may lack (BatchNorm's
+    num_batches_tracked, a count of training steps, which `.dns` files do not keep)."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    own = model.state_dict()
+    missing = [key for key in missing if own[key].is_floating_point()]
+    if missing or unexpected:
+        raise ValueError(f"the tensors do not fit the model: {len(missing)} missing ({', '.join(missing[:3])}), "
+                         f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+    return model

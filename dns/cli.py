@@ -188,8 +188,10 @@ def main() -> None:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """dns-eval CHECKPOINT [--json] [dataset overrides]: test error and the per-layer table."""
-    from dns.checkpoint import load_checkpoint
+    from dns.checkpoint import load_checkpoint, model_of, trained_dataset
+    from dns.config import sample_shape
     from dns.data import prepare_dataset
+    from dns.models import input_error
     import torch
 
     from dns.evaluate import evaluation_report, evaluator
@@ -205,12 +207,19 @@ def eval_main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     try:
         checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
-        trained_on = (checkpoint.get("config") or {}).get("dataset", {}).get("name")
         overrides = list(args.overrides)
-        if trained_on and not any(o.startswith("dataset=") for o in overrides):
-            overrides.insert(0, f"dataset={trained_on}")  # the test set of the data it was trained on
+        trained = trained_dataset(checkpoint)
+        if trained.get("name") and not any(o.startswith("dataset=") for o in overrides):
+            # the test set of the data it was trained on, at the size and pixel format it was trained with
+            overrides[:0] = [f"dataset={trained.pop('name')}"] + [
+                f"dataset.{key}={value}" for key, value in trained.items()
+                if not any(o.startswith(f"dataset.{key}=") for o in overrides)]
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             dataset = OmegaConf.to_object(compose(config_name="config", overrides=overrides)).dataset
+        with torch.device("meta"):
+            misfit = input_error(model_of(checkpoint), sample_shape(dataset), dataset.num_classes, name=checkpoint["model"])
+        if misfit:
+            raise ValueError(f"{misfit}: give the dataset it was trained on, dataset=NAME")
         check_image_folder(dataset.root) if dataset.name == "imagenet" else prepare_dataset(dataset)
     except Exception as e:  # a bad file, missing data, or Hydra's composition errors
         fail("dns-eval", one_line(e))

@@ -162,19 +162,23 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet")
 MNIST_LIKE = ("mnist", "fashion_mnist")
 
 
-def input_shape(dataset: DatasetConfig) -> tuple[int, int, int]:
+def sample_shape(dataset: DatasetConfig) -> tuple[int, int, int]:
     """(C, H, W) of one sample of `dataset` as the model gets it."""
+    from dns.cifar import CIFAR, IMAGE_SHAPE
+
     if dataset.name in MNIST_LIKE:
         return (1, 28, 28)
+    if dataset.name in CIFAR:
+        return IMAGE_SHAPE
     if dataset.name == "imagenet":
         return (3, dataset.image_size, dataset.image_size)
-    return (3, 32, 32)
+    raise ValueError(f"unknown dataset {dataset.name!r}")
 
 
 def model_args(run: RunConfig, weights: bool = True) -> dict[str, Any]:
     """The keyword arguments of `dns.models.get_model` for this run: the dataset's channels and classes, and
     torchvision's architecture (and its weights file, unless `weights` is False)."""
-    args: dict[str, Any] = {"num_classes": run.dataset.num_classes, "in_channels": input_shape(run.dataset)[0]}
+    args: dict[str, Any] = {"num_classes": run.dataset.num_classes, "in_channels": sample_shape(run.dataset)[0]}
     if run.model.name == "torchvision":
         args.update(arch=run.model.arch, weights=run.model.weights if weights else None)
     return args
@@ -182,12 +186,13 @@ def model_args(run: RunConfig, weights: bool = True) -> dict[str, Any]:
 
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """The typed config, after every range check; raises ConfigError naming the key and the fix."""
+    from dns.cifar import CIFAR
     from dns.data import prepare_dataset
     from dns.distributed import world
     from dns.imagenet import check_image_folder, holds_images
     from dns.layers import per_layer
     from dns.models import get_model, input_error, layer_kind, list_models, prunable_layers
-    from dns.train import surgery_phases
+    from dns.surgeon import surgery_phases
 
     run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     s = run.surgery
@@ -245,16 +250,16 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             if run.model.arch is not None else "model=torchvision needs model.arch=NAME, e.g. model.arch=resnet18")
     require(run.model.weights is None or run.model.name == "torchvision",
             f"model.weights loads torchvision weights; {run.model.name} starts from reference.checkpoint=PATH")
-    require(run.model.weights is None or os.path.isfile(run.model.weights),
+    require(run.model.weights is None or os.path.isfile(os.path.expanduser(run.model.weights)),
             f"model.weights={run.model.weights}: no such file; give a local state_dict file (nothing is downloaded)")
-    shape = input_shape(run.dataset)
+    shape = sample_shape(run.dataset)
     try:
         with torch.device("meta"):  # the layer names and shapes (and a weights file's keys) are checked: allocate nothing
             model = get_model(run.model.name, **model_args(run))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     misfit = input_error(model, shape, run.dataset.num_classes,
-                         name=run.model.arch if run.model.name == "torchvision" else run.model.name)
+                         name=f"torchvision {run.model.arch}" if run.model.name == "torchvision" else run.model.name)
     require(misfit is None, f"{(misfit or '').rstrip('.')}; pick a model for {run.dataset.name}")
     kinds = {name: layer_kind(layer) for name, layer in prunable_layers(model).items()}
     require(isinstance(s.layers, str) or all(isinstance(x, str) for x in s.layers),
@@ -289,6 +294,10 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                     f"of {processes} process(es): lower dataset.batch_size")
         else:
             prepare_dataset(run.dataset)
+            if run.dataset.name in CIFAR:
+                classes = CIFAR[run.dataset.name].num_classes
+                require(run.dataset.num_classes >= classes, f"dataset.num_classes={run.dataset.num_classes}, but "
+                        f"{run.dataset.name} has {classes} classes: set dataset.num_classes={classes}")
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     return run

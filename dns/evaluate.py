@@ -11,7 +11,7 @@ from torch import nn
 from dns.config import DatasetConfig
 from dns.data import Split, load_split
 from dns.export import byte_report
-from dns.checkpoint import model_of
+from dns.checkpoint import fill, model_of
 from dns.report import dense_rows, layer_rows, totals
 from dns.surgeon import Surgeon
 
@@ -56,8 +56,7 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
 
 def restore(checkpoint: dict[str, Any]) -> tuple[nn.Module, Surgeon]:
     """The checkpoint's model with its masks attached, and a surgeon holding its per-layer settings."""
-    model = model_of(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
+    model = fill(model_of(checkpoint), checkpoint["state_dict"])
     masks = checkpoint.get("masks") or {}
     surgeon = Surgeon(model, layers=[], prune_bias=any(k.endswith(".bias") for k in masks), masks=masks)
     surgeon.load_layer_settings(checkpoint.get("layers") or {})
@@ -87,5 +86,5 @@ def evaluation_report(checkpoint: dict[str, Any], test: TestFn, dataset: str) ->
     result = {"final_error": errors["top1"]}
     if "top5" in errors:
         result["final_top5_error"] = errors["top5"]
-    return {"model": checkpoint["model"], "dataset": dataset, "status": "evaluated", "layers": rows,
+    return {"model": checkpoint["model"], "arch": (checkpoint.get("model_args") or {}).get("arch"), "dataset": dataset, "status": "evaluated", "layers": rows,
             "dense_layers": dense, "total": totals(rows, dense), "test": result, "bytes": byte_report(checkpoint)}

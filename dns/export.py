@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from dns.masks import mask_state_dict, plain_state_dict
-from dns.checkpoint import model_of
+from dns.checkpoint import fill, model_of, trained_dataset
+from dns.models import prunable_layers
 
 MAGIC, VERSION = b"DNSX", 1
 VALUE_TYPES = {"float32": (0, "<f4"), "float16": (1, "<f2")}  # name: (code in the file, little-endian type)
@@ -66,7 +67,11 @@ def to_bytes(checkpoint: dict[str, Any], value_type: str = "float32") -> bytes:
     tensors, header = [], {"model": checkpoint["model"], "num_classes": checkpoint["num_classes"], "tensors": []}
     if checkpoint.get("model_args"):
         header["model_args"] = checkpoint["model_args"]
+    if trained_dataset(checkpoint):
+        header["dataset"] = trained_dataset(checkpoint)
     for name, value in effective_state_dict(checkpoint).items():
+        if not value.is_floating_point():  # BatchNorm's num_batches_tracked: a step count, no weight (float16 would
+            continue                       # not even hold it); `fill` leaves it at the model's own value
         codes, values = encode(value.flatten().float())
         tensors.append(codes.numpy().tobytes() + values.numpy().astype(dtype).tobytes())
         header["tensors"].append({"name": name, "shape": list(value.shape), "codes": len(codes),
@@ -131,16 +136,20 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if header["model"] is None:
             raise ValueError(f"{path} holds a model of your own: pass it, dns.load(path, model=YourModel())")
         model = model_of(header)
-    model.load_state_dict(tensors)
-    return model.eval()
+    return fill(model, tensors).eval()
 
 
 def as_checkpoint(path: str | Path) -> dict[str, Any]:
     """A `.dns` file in checkpoint form (dense-with-zeros weights, masks = non-zero), e.g. for dns-eval."""
     header, tensors = read(Path(path).read_bytes())
+    if header["model"] is None:
+        raise ValueError(f"{path} holds a model of your own, no dns.models architecture: evaluate it in Python "
+                         f"(dns.load(path, model=YourModel()))")
+    with torch.device("meta"):  # masks belong to the conv and fc layers' weights and biases, not to BatchNorm
+        prunable = {f"{layer}.{key}" for layer in prunable_layers(model_of(header)) for key in ("weight", "bias")}
     return {"model": header["model"], "num_classes": header["num_classes"], "model_args": header.get("model_args"),
-            "state_dict": tensors,
-            "masks": {name: t != 0 for name, t in tensors.items()}, "layers": {}}
+            "dataset": header.get("dataset"), "state_dict": tensors,
+            "masks": {name: t != 0 for name, t in tensors.items() if name in prunable}, "layers": {}}
 
 
 def is_dns_file(path: str | Path) -> bool:
@@ -149,8 +158,8 @@ def is_dns_file(path: str | Path) -> bool:
 
 
 def dense_bytes(checkpoint: dict[str, Any]) -> int:
-    """The size of the model's parameters as dense float32."""
-    return 4 * sum(t.numel() for t in checkpoint["state_dict"].values())
+    """The size of the model's float tensors (parameters, BatchNorm's statistics) as dense float32."""
+    return 4 * sum(t.numel() for t in checkpoint["state_dict"].values() if t.is_floating_point())
 
 
 def byte_report(checkpoint: dict[str, Any]) -> dict[str, Any]:

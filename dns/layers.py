@@ -7,6 +7,7 @@ that the config check, dns-train and the Python API read a selection the same wa
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 from typing import TypeVar
 
@@ -18,17 +19,20 @@ def is_pattern(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
+def matches(pattern: str, name: str) -> bool:
+    """Whether `pattern` (a layer name or a glob) picks the layer `name`."""
+    return pattern == name or (is_pattern(pattern) and fnmatchcase(name, pattern))
+
+
 def matching(pattern: str, names: list[str]) -> list[str]:
-    """The names `pattern` picks: itself if it is one of them, else those its glob matches."""
-    if pattern in names:
-        return [pattern]
-    return [name for name in names if is_pattern(pattern) and fnmatchcase(name, pattern)]
+    """The names `pattern` picks."""
+    return [name for name in names if matches(pattern, name)]
 
 
 def specificity(pattern: str) -> tuple[int, int]:
     """How specific a key is: an exact name beats any pattern, then the more literal characters the better
     (`*.downsample.*` beats `layer3.*` for `layer3.0.downsample.0`)."""
-    literal = sum(ch not in "*?[]" for ch in pattern)
+    literal = len(re.sub(r"\[[^]]*\]|[*?]", "", pattern))  # a [...] class stands for one character: not literal
     return (0 if is_pattern(pattern) else 1, literal)
 
 
@@ -45,6 +49,8 @@ def select_layers(selection: str | list[str], kinds: dict[str, str], exclude: st
     every layer name to its kind, in forward order. An item that picks no layer is an error, never ignored.
     """
     def pick(items: str | list[str], key: str) -> set[str]:
+        if not isinstance(items, (str, list, tuple)):
+            raise ValueError(f"{key}={items!r}: give all, conv, fc, a layer name or pattern, or a list of those")
         picked: set[str] = set()
         for item in [items] if isinstance(items, str) else list(items):
             if not isinstance(item, str):
@@ -66,7 +72,7 @@ def select_layers(selection: str | list[str], kinds: dict[str, str], exclude: st
 
 def per_layer(what: str, values: dict[str, V] | None, names: list[str]) -> dict[str, V]:
     """{layer name: value} from {name or pattern: value}: each layer takes the value of the most specific key
-    that matches it. A key that matches no layer, or two equally specific keys with different values for one
+    that matches it. Keys are names and patterns only ('fc' is the layer named fc, not every fc layer). A key that matches no layer, or two equally specific keys with different values for one
     layer, is a ValueError naming them."""
     values = values or {}
     for key in values:
@@ -74,12 +80,12 @@ def per_layer(what: str, values: dict[str, V] | None, names: list[str]) -> dict[
             raise _no_match(what, key, names)
     resolved = {}
     for name in names:
-        keys = [key for key in values if name in matching(key, names)]
+        keys = [key for key in values if matches(key, name)]
         if not keys:
             continue
         best = max(specificity(key) for key in keys)
         closest = [key for key in keys if specificity(key) == best]
-        if len({repr(values[key]) for key in closest}) > 1:
+        if len({values[key] for key in closest}) > 1:
             raise ValueError(f"{what}: {closest[0]!r} and {closest[1]!r} both match {name!r} as closely and disagree "
                              f"({values[closest[0]]} against {values[closest[1]]}); add an entry for {name!r} itself")
         resolved[name] = values[closest[0]]

@@ -159,13 +159,18 @@ def layer_table(rows: list[dict[str, Any]], dense: list[dict[str, Any]] = ()) ->
     return "\n".join(lines) + "\n"
 
 
+def network_name(report: dict[str, Any]) -> str:
+    """The model of a report: its dns.models name, or 'torchvision <arch>'."""
+    return f"torchvision {report['arch']}" if report.get("arch") else report["model"]
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """report.md: the per-layer table in the form of the paper's Tables 2-3, and the errors."""
     total, test = report["total"], report["test"]
     if total is None or test.get("final_error") is None:  # stopped before surgery: no masks to show
-        return (f"# {report['model']} on {report['dataset']}: {report['status']}\n\n"
+        return (f"# {network_name(report)} on {report['dataset']}: {report['status']}\n\n"
                 f"{report.get('error', '')}\n")
-    lines = [f"# {report['model']} on {report['dataset']}: {report['status']}", "",
+    lines = [f"# {network_name(report)} on {report['dataset']}: {report['status']}", "",
              *([f"Stopped early: {report['error']}", ""] if report.get("error") else []),
              layer_table(report["layers"], report.get("dense_layers") or [])]
     if "bytes" in report:

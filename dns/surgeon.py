@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from dns.layers import per_layer, select_layers
 from dns.models import layer_kind, prunable_layers
 from dns.report import dense_rows, layer_rows, layer_table, totals
 from dns.thresholds import gate_open, magnitude_stats, thresholds
+
+if TYPE_CHECKING:  # (dns.config imports this module's functions when it validates)
+    from dns.config import RunConfig
 
 # what a checkpoint keeps of each layer's surgery, beside its weights and masks
 LAYER_SETTINGS = ("c", "iter_stop", "mu", "sigma", "a", "b", "pruned", "spliced")
@@ -41,6 +45,41 @@ class Phase:
     @property
     def label(self) -> str:
         return ",".join(self.c)
+
+
+def surgery_phases(cfg: "RunConfig", kinds: dict[str, str]) -> list[Phase]:
+    """The surgery stage as phases: surgery.phases in order, or one phase of the surgery's own settings.
+
+    In a phase the most specific setting wins: its c_per_layer, its c, then surgery.c_per_layer and surgery.c
+    (keys of the *_per_layer maps may be glob patterns; `dns.layers.per_layer`). surgery.exclude holds in every
+    phase. A phase's iter_stop counts from its start (unset: the phase's end).
+    """
+    s, names = cfg.surgery, list(kinds)
+    c_per_layer = per_layer("surgery.c_per_layer", s.c_per_layer, names)
+    stops = per_layer("surgery.iter_stop_per_layer", s.iter_stop_per_layer, names)
+
+    def chosen_layers(selection, iters: int, key: str) -> list[str]:
+        chosen = select_layers(selection, kinds, s.exclude, key)
+        if iters > 0 and not chosen:
+            raise ValueError(f"{key} minus surgery.exclude leaves no layer to operate on: select some")
+        return chosen
+
+    if not s.phases:
+        chosen = chosen_layers(s.layers, s.iters, "surgery.layers")
+        stop = s.iters if s.iter_stop is None else s.iter_stop
+        return [Phase(0, s.iters, {n: c_per_layer.get(n, s.c) for n in chosen},
+                      {n: stops.get(n, stop) for n in chosen}, s.gamma, s.power)]
+    phases, first = [], 0
+    for i, step in enumerate(s.phases):
+        chosen = chosen_layers(step.layers, step.iters, f"surgery.phases[{i}].layers")
+        own = per_layer(f"surgery.phases[{i}].c_per_layer", step.c_per_layer, names)
+        c = {n: own.get(n, c_per_layer.get(n, s.c) if step.c is None else step.c) for n in chosen}
+        stop = step.iters if step.iter_stop is None else step.iter_stop
+        phases.append(Phase(first, step.iters, c, dict.fromkeys(chosen, stop),
+                            s.gamma if step.gamma is None else step.gamma,
+                            s.power if step.power is None else step.power))
+        first += step.iters
+    return phases
 
 
 @dataclass
@@ -157,7 +196,8 @@ class Surgeon:
             every `*_per_layer` argument).
         layers: the layers under surgery: 'all', 'conv', 'fc', or a list of those, layer names and glob
             patterns ('layer3.*'); the other layers keep their masks (all ones unless `masks` says otherwise).
-        exclude: layers never under surgery, given the same way (e.g. ['conv1', 'fc'], the first and last).
+        exclude: layers never under surgery, given the same way (e.g. ['conv1', 'fc']: conv1 and every fc layer,
+            'fc' being the kind; in a ResNet that is the stem and the classifier).
         iter_stop: masks frozen from this iteration on (None: never); `iter_stop_per_layer` overrides it.
         margin, gamma, power: the hysteresis margin and the σ(i) schedule.
         prune_bias: mask the biases too, as the authors did.

@@ -32,8 +32,10 @@ class Run:
 
     @property
     def model(self) -> str | None:
-        """The architecture: a dns.models name, or torchvision's (`arch`) for model=torchvision."""
-        return (self.report.get("arch") or self.report["model"]) if self.report else None
+        """The architecture: a dns.models name, or 'torchvision <arch>' (torchvision's alexnet is not the paper's)."""
+        if not self.report:
+            return None
+        return f"torchvision {self.report['arch']}" if self.report.get("arch") else self.report["model"]
 
     @property
     def group(self) -> tuple[str, str]:

@@ -31,8 +31,7 @@ from dns.masks import plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import anneal, build_optimizer, learning_rate, set_learning_rate, set_weight_decay
 from dns.report import History, dense_rows, layer_rows, totals, write_reports
-from dns.layers import per_layer, select_layers
-from dns.surgeon import Phase, Surgeon
+from dns.surgeon import Phase, Surgeon, surgery_phases
 from dns.thresholds import surgery_probability
 
 log = logging.getLogger(__name__)
@@ -78,34 +77,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def surgery_phases(cfg: RunConfig, kinds: dict[str, str]) -> list[Phase]:
-    """The surgery stage as phases: surgery.phases in order, or one phase of the surgery's own settings.
-
-    In a phase the most specific setting wins: its c_per_layer, its c, then surgery.c_per_layer and surgery.c
-    (keys of the *_per_layer maps may be glob patterns; `dns.layers.per_layer`). surgery.exclude holds in every
-    phase. A phase's iter_stop counts from its start (unset: the phase's end).
-    """
-    s, names = cfg.surgery, list(kinds)
-    c_per_layer = per_layer("surgery.c_per_layer", s.c_per_layer, names)
-    if not s.phases:
-        chosen = select_layers(s.layers, kinds, s.exclude, "surgery.layers")
-        stop = s.iters if s.iter_stop is None else s.iter_stop
-        stops = per_layer("surgery.iter_stop_per_layer", s.iter_stop_per_layer, names)
-        return [Phase(0, s.iters, {n: c_per_layer.get(n, s.c) for n in chosen},
-                      {n: stops.get(n, stop) for n in chosen}, s.gamma, s.power)]
-    phases, first = [], 0
-    for i, step in enumerate(s.phases):
-        chosen = select_layers(step.layers, kinds, s.exclude, f"surgery.phases[{i}].layers")
-        own = per_layer(f"surgery.phases[{i}].c_per_layer", step.c_per_layer, names)
-        c = {n: own.get(n, c_per_layer.get(n, s.c) if step.c is None else step.c) for n in chosen}
-        stop = step.iters if step.iter_stop is None else step.iter_stop
-        phases.append(Phase(first, step.iters, c, dict.fromkeys(chosen, stop),
-                            s.gamma if step.gamma is None else step.gamma,
-                            s.power if step.power is None else step.power))
-        first += step.iters
-    return phases
 
 
 def build_surgeon(model: nn.Module, cfg: RunConfig, phase: Phase | None, initial_masks: dict | None) -> Surgeon:

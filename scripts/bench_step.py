@@ -40,12 +40,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dns.cli import CONFIG_MODULE
-from dns.config import RunConfig, input_shape, model_args
+from dns.config import RunConfig, model_args, sample_shape
 from dns.data import SplitBatches, load_split
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import build_optimizer
 from dns.surgeon import GateDraws
-from dns.train import build_surgeon, surgery_phases
+from dns.surgeon import surgery_phases
+from dns.train import build_surgeon
 
 
 RECIPES = {"lenet5": "paper_lenet5", "lenet300": "paper_lenet300", "resnet20": "resnet20_cifar10",
@@ -61,7 +62,7 @@ def batches_of(cfg: RunConfig, data: str):
     """Endless (images, labels) batches: real MNIST, or 8 random batches over and over."""
     if data == "mnist":
         return SplitBatches(load_split(cfg.dataset, train=True), cfg.dataset.batch_size, cfg.seed)
-    images = torch.randn(8, cfg.dataset.batch_size, *input_shape(cfg.dataset))
+    images = torch.randn(8, cfg.dataset.batch_size, *sample_shape(cfg.dataset))
     labels = torch.randint(0, cfg.dataset.num_classes, (8, cfg.dataset.batch_size))
     return itertools.cycle(list(zip(images, labels)))
 

@@ -110,7 +110,11 @@ BAD_INPUT = [
                                           "(Linear) fails on its [2, 1250] input"),
     (["model=torchvision", "model.arch=vgg16", "dataset=fashion_mnist"], "vgg16 cannot take 1x28x28 images: "
                                                                           "features.30 (MaxPool2d) fails"),
-    (["model=torchvision", "model.arch=resnet9000"], "resnet9000"),
+    (["model=torchvision", "model.arch=resnet9000"], "unknown torchvision arch 'resnet9000': see "
+                                                     "torchvision.models.list_models(module=torchvision.models)"),
+    (["surgery.phases=[{layers:conv,iters:10}]", "surgery.iter_stop_per_layer={fc9:5}"],
+     "surgery.iter_stop_per_layer: 'fc9' matches no layer"),
+    (["surgery.layers=[fc1]", "surgery.exclude=[fc*]"], "surgery.layers minus surgery.exclude leaves no layer"),
     (["model=alexnet", "dataset=imagenet", "dataset.root={files}/mnist"], "imagenet: {files}/mnist/train is missing"),
     (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet", "dataset.num_classes=1"],
      "dataset.num_classes=1, but {files}/imagenet/train holds 2 class folders: set dataset.num_classes=2"),

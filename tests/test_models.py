@@ -222,12 +222,27 @@ def test_torchvision_weights_load_from_a_local_file(tmp_path, caplog):
         get_model("torchvision", arch="resnet18", weights=str(tmp_path / "resnet18.pth"), num_classes=10)
 
 
+def test_torchvision_takes_its_older_files_and_those_with_auxiliary_heads(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    old = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")  # as torchvision's resnet18-f37072fd.pth: no BatchNorm step counters
+    model = get_model("torchvision", arch="resnet18", weights=str(tmp_path / "old.pth"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in old.items())
+    released = torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict()  # aux1.*, aux2.*
+    assert any(k.startswith("aux1.") for k in released)
+    torch.save(released, tmp_path / "googlenet.pth")
+    model = get_model("torchvision", arch="googlenet", weights=str(tmp_path / "googlenet.pth"))
+    assert all(torch.equal(v, released[k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"arch": "resnet19"}, r"unknown torchvision arch 'resnet19': see torchvision.models.list_models\(module="),
     ({}, "needs an arch"),
     ({"arch": "resnet18", "weights": "missing.pth"}, "weights file missing.pth not found"),
     ({"arch": "resnet18", "weights": "squeezenet.pth"},
-     r"holds no resnet18 weights: 122 keys missing \(conv1.weight, .*52 unexpected \(features.0.weight"),
+     r"holds no resnet18 weights: 102 keys missing \(conv1.weight, .*52 unexpected \(features.0.weight"),
     ({"arch": "resnet18", "weights": "notes.pt"}, "holds no state_dict"),
 ])
 def test_torchvision_refuses_with_a_one_line_error(tmp_path, monkeypatch, kwargs, message):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torchvision
 from conftest import assert_identical, dns_train_argv, outcome, wait_for_surgery_checkpoint
-from test_cifar import fake_cifar10
+from test_cifar import fake_cifar10, fake_cifar100
 from test_data import fake_fashion_mnist
 
 import dns
@@ -25,7 +25,8 @@ def check_every_report(run: Path, stages=("reference", "surgery", "finetune")) -
     """report.json completed, report.md, history.csv with rows of `stages`, both plots; returns the report."""
     report = json.loads((run / "report.json").read_text())
     assert report["status"] == "completed", report.get("error")
-    assert (run / "report.md").read_text().startswith(f"# {report['model']} on {report['dataset']}: completed")
+    name = f"torchvision {report['arch']}" if report["arch"] else report["model"]
+    assert (run / "report.md").read_text().startswith(f"# {name} on {report['dataset']}: completed")
     with open(run / "history.csv") as f:
         assert {row["stage"] for row in csv.DictReader(f)} == set(stages)
     assert all((run / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in ("remaining.png", "test_error.png"))
@@ -87,7 +88,18 @@ def test_resnet20_on_cifar10_files_runs_end_to_end(dns_train, tmp_path):
     assert exported.returncode == 0, exported.stderr
     loaded = dns.load(tmp_path / "r20.dns")  # names its architecture: no model= needed
     masked = {k: v * final["masks"][k] if k in final["masks"] else v for k, v in final["state_dict"].items()}
-    assert all(torch.equal(loaded.state_dict()[k].float(), v.float()) for k, v in masked.items())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in masked.items() if v.is_floating_point())
+    # dns-eval reads the .dns file (masks on conv and fc alone, the dataset from its header) to the same error
+    evaluated = subprocess.run([tool("dns-eval"), str(tmp_path / "r20.dns"), root, "--json"],
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads(evaluated.stdout)
+    assert again["test"]["final_error"] == report["test"]["final_error"]
+    assert again["total"]["remaining"] == report["total"]["remaining"] and len(again["dense_layers"]) == 19
+    half = subprocess.run([tool("dns-export"), str(run / "checkpoints" / "final.pt"), "--out", "r20h.dns",
+                           "--float16"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert half.returncode == 0 and "RuntimeWarning" not in half.stderr, half.stderr
+    assert torch.equal(dns.load(tmp_path / "r20h.dns").bn1.running_var, final["state_dict"]["bn1.running_var"].half().float())
 
     tables = subprocess.run([tool("dns-report"), str(run)], capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr
@@ -133,9 +145,14 @@ def test_torchvision_resnet18_on_an_image_folder_runs_end_to_end(image_folder, d
     reference = torch.load(run / "checkpoints" / "reference.pt", weights_only=True)
     assert all(torch.equal(reference["state_dict"][k], v) for k, v in weights.items())  # it started from the file
     assert reference["model_args"] == {"num_classes": 3, "in_channels": 3, "arch": "resnet18", "weights": None}
+    # dns-eval evaluates as the run did (64×64 crops, 3 classes) without being told
+    evaluated = subprocess.run([tool("dns-eval"), str(run / "checkpoints" / "final.pt"), f"dataset.root={image_folder}",
+                                "dataset.workers=0", "--json"], capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test"] == {k: report["test"][k] for k in ("final_error", "final_top5_error")}
     tables = subprocess.run([tool("dns-report"), str(run)], capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr
-    assert "| resnet18 on imagenet | run |" in tables.stdout
+    assert "| torchvision resnet18 on imagenet | run |" in tables.stdout
 
 
 def test_resnet20_on_fashion_mnist_takes_one_channel(dns_train, tmp_path):
@@ -154,3 +171,12 @@ def test_resnet20_on_fashion_mnist_takes_one_channel(dns_train, tmp_path):
                                capture_output=True, text=True, timeout=600)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test"]["final_error"] == report["test"]["final_error"]
+
+
+def test_a_cifar_run_with_too_few_classes_is_refused(dns_train, tmp_path):
+    fake_cifar100(tmp_path / "data")
+    result = dns_train("model=resnet20", "dataset=cifar100", f"dataset.root={tmp_path / 'data'}",
+                       "dataset.download=false", "dataset.num_classes=10", "hydra.run.dir=run")
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert result.stderr.strip() == ("dns-train: error: dataset.num_classes=10, but cifar100 has 100 classes: "
+                                     "set dataset.num_classes=100")

@@ -10,7 +10,8 @@ from dns.models import get_model
 from dns.report import layer_rows, totals
 from dns.layers import select_layers
 from dns.surgeon import GateDraws, Surgeon
-from dns.train import build_surgeon, surgery_phases
+from dns.surgeon import surgery_phases
+from dns.train import build_surgeon
 
 KINDS = {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc"}
 

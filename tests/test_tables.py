@@ -29,15 +29,20 @@ def test_each_network_and_dataset_has_its_own_front():
     runs = [run("a", "lenet5", 120.0, 0.010), run("b", "lenet300", 57.0, 0.021), run("c", "lenet300", 50.0, 0.025),
             run("d", "resnet20", 3.0, 0.09, "cifar10"), run("e", "resnet20", 2.0, 0.30, "fashion_mnist"),
             run("f", "resnet20", 2.5, 0.10, "cifar10"), run("g", "torchvision", 2.0, 0.5, "cifar10", "resnet18"),
-            run("h", "torchvision", 1.5, 0.6, "cifar10", "resnet50")]
+            run("h", "torchvision", 1.5, 0.6, "cifar10", "resnet50"), run("i", "lenet5", 20.0, 0.1, "fashion_mnist"),
+            run("j", "torchvision", 9.0, 0.45, "imagenet", "alexnet")]
     # LeNet-5's run beats both LeNet-300-100 runs in both numbers, but only c is behind one of its own network;
     # e is alone on Fashion-MNIST, f behind d on CIFAR-10, and each torchvision architecture is a network of its own
-    assert [r["pareto"] for r in sweep_rows(runs, Path("."))] == [True, True, False, True, True, False, True, True]
-    assert [r["model"] for r in sweep_rows(runs, Path("."))][-2:] == ["resnet18", "resnet50"]
+    assert [r["pareto"] for r in sweep_rows(runs, Path("."))] == [True, True, False, True, True, False, True, True,
+                                                                  True, True]
+    assert [r["model"] for r in sweep_rows(runs, Path("."))][6:8] == ["torchvision resnet18", "torchvision resnet50"]
     rows = table1_rows(runs, Path("."))
-    assert [r["network"] for r in rows if r["source"] in list("abcdefgh")] == [
+    assert [r["network"] for r in rows if r["source"] in list("abcdefghij")] == [
         "LeNet-5", "LeNet-300-100", "LeNet-300-100", "resnet20 on cifar10", "resnet20 on cifar10",
-        "resnet20 on fashion_mnist", "resnet18 on cifar10", "resnet50 on cifar10"]
+        "resnet20 on fashion_mnist", "torchvision resnet18 on cifar10", "torchvision resnet50 on cifar10",
+        "lenet5 on fashion_mnist", "torchvision alexnet on imagenet"]
+    # the paper's rows stand beside its own models on its own datasets only (Caffe's AlexNet, not torchvision's)
+    assert [r["network"] for r in rows if r["source"].startswith("paper")] == ["LeNet-5", "LeNet-300-100"]
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ NAMES_HINT = "see torchvision.models.list_models(module=torchvision.models) for 
 # outputs too in training mode, and warn unless told how to initialise
 BUILD_ARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
               "inception_v3": {"aux_logits": False, "init_weights": True}}
+AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")  # their parameters in torchvision's weight files
 
 
 def classifier_names() -> list[str]:
@@ -69,17 +70,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: Path, arch: str) -> None:
     """Load the file's tensors into `model`; those of another shape keep their fresh init, with a warning."""
     state, own = read_state_dict(path), model.state_dict()
-    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    # torchvision's older files predate BatchNorm's step counter (load_state_dict fills it in), and its
+    # googlenet and inception_v3 files hold the auxiliary classifiers this builder leaves out
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         def some(keys: list[str]) -> str:
             return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
         raise ValueError(f"weights file {path} holds no {arch} weights: {len(missing)} keys missing ({some(missing)}), "
                          f"{len(unexpected)} unexpected ({some(unexpected)}): set arch to the architecture "
                          "the file was saved from, or give a file of this one")
-    reshaped = [k for k in own if state[k].shape != own[k].shape]
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
     if any(t.is_meta for t in own.values()):  # on the meta device (a config check) there is nothing to fill
         return
-    model.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)  # checked above
     if reshaped:
         log.warning("%s: %d tensors of another shape keep their fresh initialisation: %s", path, len(reshaped),
                     ", ".join(f"{k} {list(state[k].shape)} -> {list(own[k].shape)}" for k in reshaped))
