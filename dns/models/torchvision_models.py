@@ -70,9 +70,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: Path, arch: str) -> None:
     """Load the file's tensors into `model`; those of another shape keep their fresh init, with a warning."""
     state, own = read_state_dict(path), model.state_dict()
-    # torchvision's older files predate BatchNorm's step counter (load_state_dict fills it in), and its
+    # torchvision's older files predate BatchNorm's integer step counter (the model keeps its own), and its
     # googlenet and inception_v3 files hold the auxiliary classifiers this builder leaves out
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and own[k].is_floating_point()]  # as dns.checkpoint.fill
     state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
