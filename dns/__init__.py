@@ -8,10 +8,12 @@
     surgeon.remove()                      # W ⊙ T baked in: an ordinary model
     dns.save(model, "model.dns")          # the compact file; dns.load("model.dns", model=MyNet()) reads it
 
-`dns-train` runs the paper's experiments with this same `Surgeon`.
+`dns-train` runs the paper's experiments with this same `Surgeon`. The baselines it is compared with take the same
+model and loop: `dns.Han` (Han et al.'s prune and retrain) and `dns.GradualMagnitude` (Zhu & Gupta's GMP).
 """
 
+from dns.baselines import GradualMagnitude, Han
 from dns.export import load, save
 from dns.surgeon import Surgeon
 
-__all__ = ["Surgeon", "load", "save"]
+__all__ = ["GradualMagnitude", "Han", "Surgeon", "load", "save"]

@@ -134,6 +134,9 @@ def check_resume(run, run_dir: Path) -> None:
         return  # killed before its first checkpoint: the run starts over in the same directory
     try:
         saved = load_checkpoint(latest)["config"]
+        # a run saved before the baselines existed was DNS with splicing: resuming it as another method is a change
+        saved.setdefault("method", {"name": "dns"})
+        saved.get("surgery", {}).setdefault("splice", True)
     except ValueError as e:
         raise ConfigError(f"resume=true: {e}") from None
     differences = [d for d in config_differences(saved, asdict(run)) if d.split("=")[0] not in RESUME_MAY_CHANGE]

@@ -6,6 +6,7 @@ override time, and `validate` runs the range checks before any work (OmegaConf d
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,7 @@ class SurgeryConfig:
     gamma: float = 1e-4  # gate sigma(i) = (1 + gamma·i)^(-power)
     power: float = 1.0
     prune_bias: bool = True
+    splice: bool = True  # false: masks only go from 1 to 0 (the paper's ablation, DNS without splicing)
     layers: Any = "all"  # all | conv | fc | a list of those, layer names and glob patterns (layer3.*)
     exclude: Any = field(default_factory=list)  # layers never under surgery, given the same way: [conv1,fc]
     min_remaining: float = 0.0  # fraction of each layer's weights always kept (the largest |w|), so none is cut
@@ -112,6 +114,44 @@ class SurgeryConfig:
     phases: List[PhaseConfig] = field(default_factory=list)
     lr: Optional[float] = None  # base learning rate of surgery and fine-tuning (None: optimizer.lr)
     weight_decay: Optional[float] = None  # weight decay of surgery and fine-tuning (None: optimizer.weight_decay)
+
+
+@dataclass
+class MethodConfig:
+    """method=dns (the default): Dynamic Network Surgery, set by `surgery`."""
+
+    name: str = "dns"
+
+
+@dataclass
+class HanConfig(MethodConfig):
+    """method=han: Han et al. 2015, rounds of pruning at quality × std of each layer's weights, then retraining
+    with the pruned weights held at zero (dns.baselines.Han). surgery.iters becomes rounds × round_iters."""
+
+    name: str = "han"
+    quality: float = 1.0  # the final round prunes |w| <= quality·std of the layer's weights; round r at r/rounds of it
+    quality_per_layer: Dict[str, float] = layer_dict(float)  # {fc1: 2.5, ...} overrides quality
+    rounds: int = 3
+    round_iters: int = 4000  # iterations of each round: one pruning step, then retraining
+    lr: Optional[float] = None  # base learning rate of retraining (None: optimizer.lr / 10, Han's LeNet setting)
+
+
+@dataclass
+class GMPConfig(MethodConfig):
+    """method=gmp: gradual magnitude pruning (Zhu & Gupta 2017), dns.baselines.GradualMagnitude, during the
+    surgery stage; fine-tuning follows with the masks frozen."""
+
+    name: str = "gmp"
+    final_sparsity: float = 0.9  # s_f: the fraction of each layer's weights (and biases) pruned in the end
+    final_sparsity_per_layer: Dict[str, float] = layer_dict(float)  # {fc1: 0.99, ...} overrides final_sparsity
+    initial_sparsity: float = 0.0  # s_i, at the first pruning step
+    start: int = 0  # t0: the surgery iteration of the first pruning step
+    end: Optional[int] = None  # the last pruning step, where s_f is reached: start + k·every (None: the stage's last one)
+    every: int = 100  # Δt: iterations between pruning steps
+    global_sparsity: bool = False  # one threshold over all the layers, pruning final_sparsity of them together
+
+
+METHODS = {"dns": MethodConfig, "han": HanConfig, "gmp": GMPConfig}
 
 
 @dataclass
@@ -137,6 +177,7 @@ class RunConfig:
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    method: Any = field(default_factory=MethodConfig)  # dns | han | gmp: a MethodConfig of METHODS (conf/method/)
     resume: bool = False  # go on from checkpoints/latest.pt of the run directory named by hydra.run.dir
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -153,6 +194,8 @@ def register_configs() -> None:
     cs.store(group="dataset", name="base_dataset", node=DatasetConfig)
     cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
     cs.store(group="lr_policy", name="base_lr_policy", node=LRPolicyConfig)
+    for name, schema in METHODS.items():
+        cs.store(group="method", name=f"base_{name}", node=schema)
 
 
 OPTIMIZERS = ("sgd", "caffe_sgd")
@@ -252,6 +295,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             f"model.weights loads torchvision weights; {run.model.name} starts from reference.checkpoint=PATH")
     require(run.model.weights is None or os.path.isfile(os.path.expanduser(run.model.weights)),
             f"model.weights={run.model.weights}: no such file; give a local state_dict file (nothing is downloaded)")
+    check_method(run)
     shape = sample_shape(run.dataset)
     try:
         with torch.device("meta"):  # the layer names and shapes (and a weights file's keys) are checked: allocate nothing
@@ -303,6 +347,67 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     return run
 
 
+# settings of DNS alone: a baseline method refuses them changed, rather than run without them
+DNS_ONLY = ("c", "c_per_layer", "iter_stop", "iter_stop_per_layer", "margin", "gamma", "power", "splice", "phases",
+            "min_remaining", "min_remaining_per_layer")
+
+
+def check_method(run: RunConfig) -> None:
+    """The method's own range checks, and no DNS setting changed under a baseline; sets han's surgery.iters."""
+    m, s = run.method, run.surgery
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    def finite(key: str, value, low: float, high: float = math.inf, high_open: bool = False) -> None:
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high \
+            and not (high_open and value == high)
+        bound = f"in [{low}, {high}{')' if high_open else ']'}" if math.isfinite(high) else f">= {low}"
+        require(ok, f"{key}={value} must be a finite number {bound}")
+
+    require(m.name in METHODS, f"unknown method {m.name!r}: use method=<{'|'.join(METHODS)}>")
+    require(type(m) is METHODS[m.name], f"method.name={m.name} does not change the method: use method={m.name}")
+    require(s.splice or (s.min_remaining == 0 and not s.min_remaining_per_layer),
+            "surgery.splice=false never sets a mask back to 1, but surgery.min_remaining keeps the largest weights by "
+            "splicing them back: drop one of them")
+    if m.name == "dns":
+        return
+    defaults = SurgeryConfig()
+    for key in DNS_ONLY:
+        require(getattr(s, key) == getattr(defaults, key), f"surgery.{key} is a setting of DNS; method={m.name} "
+                f"does not use it: drop it (or the experiment that sets it)")
+    require(not run.reference.surgery_settings, f"reference.surgery_settings takes DNS settings; method={m.name} "
+                                                f"does not use them: drop it")
+    if m.name == "han":
+        finite("method.quality", m.quality, 0.0)
+        for name, value in m.quality_per_layer.items():
+            finite(f"method.quality_per_layer.{name}", value, 0.0)
+        require(m.rounds >= 1, f"method.rounds={m.rounds} must be >= 1")
+        require(m.round_iters >= 1, f"method.round_iters={m.round_iters} must be >= 1")
+        require(m.lr is None or (math.isfinite(m.lr) and m.lr > 0), f"method.lr={m.lr} must be a finite number > 0")
+        require(s.lr is None, "method=han retrains at method.lr (null: optimizer.lr / 10): set that, not surgery.lr")
+        iters = m.rounds * m.round_iters
+        require(s.iters in (defaults.iters, iters), f"surgery.iters={s.iters}, but method=han runs method.rounds × "
+                                                    f"method.round_iters = {iters} iterations: drop surgery.iters")
+        s.iters = iters
+    else:
+        finite("method.initial_sparsity", m.initial_sparsity, 0.0, 1.0, high_open=True)
+        for key, value in [("method.final_sparsity", m.final_sparsity),
+                           *((f"method.final_sparsity_per_layer.{n}", v) for n, v in m.final_sparsity_per_layer.items())]:
+            finite(key, value, m.initial_sparsity, 1.0, high_open=True)
+        require(not (m.global_sparsity and m.final_sparsity_per_layer),
+                "method.global_sparsity=true prunes every layer to one sparsity: drop method.final_sparsity_per_layer")
+        require(m.every >= 1, f"method.every={m.every} must be >= 1")
+        last = m.start + (s.iters - 1 - m.start) // m.every * m.every  # the last pruning step the stage holds
+        require(0 <= m.start < s.iters, f"method.start={m.start} must lie in [0, surgery.iters) = [0, {s.iters})")
+        end = last if m.end is None else m.end
+        require(m.start <= end < s.iters and (end - m.start) % m.every == 0,
+                f"method.end={m.end} must be a pruning step in [method.start, surgery.iters): method.start plus a "
+                f"multiple of method.every={m.every}, below {s.iters} (null: {last})")
+        m.end = end
+
+
 def adopt_checkpoint(run: RunConfig, kinds: dict[str, str]) -> None:
     """Check that reference.checkpoint fits the model; with surgery_settings, take its surgery settings."""
     from dns.checkpoint import load_checkpoint
@@ -324,6 +429,10 @@ def adopt_checkpoint(run: RunConfig, kinds: dict[str, str]) -> None:
                           f"dataset and model settings or another checkpoint")
     if not run.reference.surgery_settings:
         return
+    trained_by = (checkpoint.get("config") or {}).get("method", {}).get("name", "dns")
+    if trained_by != "dns":
+        raise ConfigError(f"{path} was pruned by method={trained_by}, whose settings are not DNS's: drop "
+                          f"reference.surgery_settings=true")
     layers = {name: s for name, s in (checkpoint.get("layers") or {}).items() if s.get("c") is not None}
     if not layers:
         raise ConfigError(f"{path} stores no surgery settings: drop reference.surgery_settings=true")

@@ -39,39 +39,51 @@ class StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def _masked_property(name: str) -> property:
+def _masked_property(name: str, straight_through: bool) -> property:
     dense_key, mask_key = f"{name}_orig", f"{name}_mask"
 
     def masked(module: nn.Module) -> torch.Tensor:
         return StraightThrough.apply(module._parameters[dense_key], module._buffers[mask_key])
 
-    return property(masked, doc=f"W ⊙ T of {dense_key} and {mask_key}, computed at each read")
+    def hard(module: nn.Module) -> torch.Tensor:  # autograd's own product: W gets the gradient times T
+        return module._parameters[dense_key] * module._buffers[mask_key]
+
+    return property(masked if straight_through else hard, doc=f"W ⊙ T of {dense_key} and {mask_key}, computed at "
+                                                              f"each read")
 
 
-def masked_class(base: type, names: tuple[str, ...]) -> type:
+def masked_class(base: type, names: tuple[str, ...], straight_through: bool = True) -> type:
     """`base` (e.g. nn.Linear) with the properties that make `names` read as W ⊙ T: a class of its own for each
-    module and each change, so that changing one module never changes another."""
+    module and each change, so that changing one module never changes another. `straight_through` False: the
+    pruned weights get no gradient (`hard_masks`), as in Han et al.'s and gradual magnitude pruning."""
     if not names:
         return base
-    namespace = {name: _masked_property(name) for name in names}
+    namespace = {name: _masked_property(name, straight_through) for name in names}
     return type(f"Masked{base.__name__}", (base,), {"_dns_base": base, "_dns_masked": names,
+                                                   "_dns_straight_through": straight_through,
                                                    "__reduce_ex__": _reduce_masked, **namespace})
 
 
 def _reduce_masked(module: nn.Module, protocol: int):
     # pickle and deepcopy rebuild the class from its base and names: `torch.save(model)` works (loading it needs
     # weights_only=False), and a copy gets a class of its own
-    return _new_masked, (type(module)._dns_base, type(module)._dns_masked), module.__getstate__()
+    kind = type(module)
+    return _new_masked, (kind._dns_base, kind._dns_masked, kind._dns_straight_through), module.__getstate__()
 
 
-def _new_masked(base: type, names: tuple[str, ...]) -> nn.Module:
+def _new_masked(base: type, names: tuple[str, ...], straight_through: bool = True) -> nn.Module:
     module = base.__new__(base)
-    module.__class__ = masked_class(base, names)
+    module.__class__ = masked_class(base, names, straight_through)
     return module
 
 
 def masked_names(module: nn.Module) -> tuple[str, ...]:
     return getattr(type(module), "_dns_masked", ())
+
+
+def is_straight_through(module: nn.Module) -> bool:
+    """Whether the masked weights of `module` pass the full gradient to W (DNS) rather than the gradient times T."""
+    return getattr(type(module), "_dns_straight_through", True)
 
 
 def is_masked(module: nn.Module, name: str) -> bool:
@@ -121,17 +133,22 @@ def _initial_mask(module: nn.Module, name: str, mask: torch.Tensor | None, label
     return torch.ones_like(param) if mask is None else mask.detach().to(param.device, param.dtype).clone()
 
 
-def _attach(module: nn.Module, name: str, initial: torch.Tensor) -> torch.Tensor:
+def _attach(module: nn.Module, name: str, initial: torch.Tensor, straight_through: bool = True) -> torch.Tensor:
+    if masked_names(module) and is_straight_through(module) != straight_through:  # one gradient rule per module
+        raise ValueError(f"{type(module).__name__} has {'straight-through' if is_straight_through(module) else 'hard'} "
+                         f"masks already: mask its parameters with one rule")
     _rename(module._parameters, name, f"{name}_orig")  # the same Parameter: an optimizer over it stays valid
     module.register_buffer(f"{name}_mask", initial)
     base = getattr(type(module), "_dns_base", type(module))
-    module.__class__ = masked_class(base, masked_names(module) + (name,))
+    module.__class__ = masked_class(base, masked_names(module) + (name,), straight_through)
     return initial
 
 
-def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+def attach_mask(module: nn.Module, name: str, mask: torch.Tensor | None = None,
+                straight_through: bool = True) -> torch.Tensor:
     """Mask `module.<name>` (all ones unless `mask` is given); returns the live mask buffer."""
-    return _attach(module, name, _initial_mask(module, name, mask, f"{type(module).__name__}.{name}"))
+    return _attach(module, name, _initial_mask(module, name, mask, f"{type(module).__name__}.{name}"),
+                   straight_through)
 
 
 def _rename(entries: dict, old: str, new: str) -> None:
@@ -152,12 +169,12 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
 
 
 def attach_masks(model: nn.Module, layers: dict[str, nn.Module], prune_bias: bool = True,
-                 initial: dict[str, torch.Tensor] | None = None) -> None:
+                 initial: dict[str, torch.Tensor] | None = None, straight_through: bool = True) -> None:
     """Mask the weight (and the bias, if `prune_bias`) of every layer in `layers` (name -> module of `model`).
 
     `initial` maps parameter names such as 'fc1.weight' to starting masks; others start at all ones. A
     parameter already masked, or that another module holds too (tied weights), is refused before anything is
-    masked.
+    masked. `straight_through` False gives hard masks: the gradient of W is that of W ⊙ T, zero where T is 0.
     """
     initial = initial or {}
     present = {name: [k for k in ("weight", "bias") if getattr(module, k, None) is not None]
@@ -177,7 +194,21 @@ def attach_masks(model: nn.Module, layers: dict[str, nn.Module], prune_bias: boo
                                  f"two modules share: untie them")
             prepared[name, key] = _initial_mask(module, key, initial.get(f"{name}.{key}"), f"{name}.{key}")
     for (name, key), mask in prepared.items():
-        _attach(layers[name], key, mask)
+        _attach(layers[name], key, mask, straight_through)
+
+
+def hold_pruned_at_zero_(module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Set the dense W of `module`'s masked parameters to 0 where T is 0, and so every per-parameter tensor of the
+    optimizer's state there (momentum, Adam's moments): with hard masks no gradient reaches those entries
+    afterwards, so they stay exactly 0."""
+    with torch.no_grad():
+        for key in masked_names(module):
+            weight, mask = dense(module, key), mask_of(module, key)
+            weight.mul_(mask)
+            state = optimizer.state.get(weight, {}) if optimizer is not None else {}
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                    value.mul_(mask)
 
 
 def named_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:

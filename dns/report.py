@@ -132,14 +132,18 @@ def _times(x: float | None) -> str:
     return "∞" if x is None else f"{x:.1f}×"
 
 
-def layer_table(rows: list[dict[str, Any]], dense: list[dict[str, Any]] = ()) -> str:
+# what a layer's `c` holds under each method (the `setting` of its pruner class)
+SETTING = {"han": "quality", "gmp": "final sparsity"}
+
+
+def layer_table(rows: list[dict[str, Any]], dense: list[dict[str, Any]] = (), setting: str = "c") -> str:
     """The per-layer table of `layer_rows` in the form of the paper's Tables 2-3, and the compression; the
-    modules that are not masked (`dense_rows`) close it, one line per kind."""
+    modules that are not masked (`dense_rows`) close it, one line per kind. `setting` heads the column of `c`."""
     def num(x: float | None, digits: int = 4) -> str:
         return "" if x is None else f"{x:.{digits}g}"
 
     total = totals(rows, dense)
-    lines = ["| layer | parameters | remaining | remaining % | c | a | b | pruned | spliced |",
+    lines = [f"| layer | parameters | remaining | remaining % | {setting} | a | b | pruned | spliced |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['params']:,} | {r['remaining']:,} | {_pct(r['remaining_pct'])} | "
@@ -172,7 +176,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                 f"{report.get('error', '')}\n")
     lines = [f"# {network_name(report)} on {report['dataset']}: {report['status']}", "",
              *([f"Stopped early: {report['error']}", ""] if report.get("error") else []),
-             layer_table(report["layers"], report.get("dense_layers") or [])]
+             *([f"Method: {report['method']}.", ""] if report.get("method", "dns") != "dns" else []),
+             layer_table(report["layers"], report.get("dense_layers") or [], SETTING.get(report.get("method"), "c"))]
     if "bytes" in report:
         b = report["bytes"]
         lines += [f"Size on disk: {b['dense_float32']:,} bytes dense (float32) → {b['dns_float32']:,} bytes as .dns "

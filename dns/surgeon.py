@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # (dns.config imports this module's functions when it validat
 LAYER_SETTINGS = ("c", "iter_stop", "mu", "sigma", "a", "b", "pruned", "spliced")
 
 
+# the setting of a baseline's method config (dns.config) that takes the place of DNS's c, per layer as c_per_layer
+BASELINE_SETTINGS = {"han": "quality", "gmp": "final_sparsity"}
+
+
 @dataclass
 class Phase:
     """A span of surgery iterations [first, first + iters) that operates on `c`'s layers alone."""
@@ -48,21 +52,29 @@ class Phase:
 
 
 def surgery_phases(cfg: "RunConfig", kinds: dict[str, str]) -> list[Phase]:
-    """The surgery stage as phases: surgery.phases in order, or one phase of the surgery's own settings.
+    """The surgery stage as phases: surgery.phases in order, or one phase of the surgery's own settings (for a
+    baseline method, one phase whose `c` holds each layer's quality or final sparsity).
 
     In a phase the most specific setting wins: its c_per_layer, its c, then surgery.c_per_layer and surgery.c
     (keys of the *_per_layer maps may be glob patterns; `dns.layers.per_layer`). surgery.exclude holds in every
     phase. A phase's iter_stop counts from its start (unset: the phase's end).
     """
-    s, names = cfg.surgery, list(kinds)
-    c_per_layer = per_layer("surgery.c_per_layer", s.c_per_layer, names)
-    stops = per_layer("surgery.iter_stop_per_layer", s.iter_stop_per_layer, names)
+    s, names, method = cfg.surgery, list(kinds), cfg.method
 
     def chosen_layers(selection, iters: int, key: str) -> list[str]:
         chosen = select_layers(selection, kinds, s.exclude, key)
         if iters > 0 and not chosen:
             raise ValueError(f"{key} minus surgery.exclude leaves no layer to operate on: select some")
         return chosen
+
+    if method.name in BASELINE_SETTINGS:  # one phase, each layer with its quality or final sparsity in place of c
+        setting = BASELINE_SETTINGS[method.name]
+        values = per_layer(f"method.{setting}_per_layer", getattr(method, f"{setting}_per_layer"), names)
+        chosen = chosen_layers(s.layers, s.iters, "surgery.layers")
+        return [Phase(0, s.iters, {n: values.get(n, getattr(method, setting)) for n in chosen},
+                      dict.fromkeys(chosen), 0.0, 0.0)]
+    c_per_layer = per_layer("surgery.c_per_layer", s.c_per_layer, names)
+    stops = per_layer("surgery.iter_stop_per_layer", s.iter_stop_per_layer, names)
 
     if not s.phases:
         chosen = chosen_layers(s.layers, s.iters, "surgery.layers")
@@ -201,16 +213,21 @@ class Surgeon:
         iter_stop: masks frozen from this iteration on (None: never); `iter_stop_per_layer` overrides it.
         margin, gamma, power: the hysteresis margin and the σ(i) schedule.
         prune_bias: mask the biases too, as the authors did.
+        splice: False removes the splicing half of the surgery function (masks only go from 1 to 0): the
+            paper's ablation, DNS without splicing.
         min_remaining: the fraction of each layer's weights that always stays (its largest |w|), so that no
             layer is cut off; `min_remaining_per_layer` overrides it.
         seed: seeds the gates' draws (one uniform draw per selected layer per step), apart from torch's.
         masks: masks to start from ('fc1.weight' -> tensor), e.g. an imported pruned model's.
     """
 
+    straight_through = True  # pruned weights keep their gradient (dns.masks); the baselines' masks are hard
+    setting = "c"  # what a layer's `c` holds: the name of its column in the reports
+
     def __init__(self, model: nn.Module, c: float = 1.0, *, c_per_layer: dict[str, float] | None = None,
                  layers: str | list[str] = "all", exclude: str | list[str] = (), iter_stop: int | None = None,
                  iter_stop_per_layer: dict[str, int] | None = None, margin: float = 0.1, gamma: float = 1e-4,
-                 power: float = 1.0, prune_bias: bool = True, min_remaining: float = 0.0,
+                 power: float = 1.0, prune_bias: bool = True, splice: bool = True, min_remaining: float = 0.0,
                  min_remaining_per_layer: dict[str, float] | None = None, seed: int = 0,
                  masks: dict[str, torch.Tensor] | None = None):
         modules = prunable_layers(model)
@@ -232,9 +249,12 @@ class Surgeon:
         _check("margin", margin, 0.0, 1.0, high_open=True)
         _check("gamma", gamma, 0.0)
         _check("power", power, 0.0)
+        if not splice and (min_remaining > 0 or any(v > 0 for v in keep.values())):
+            raise ValueError("splice=False never sets a mask back to 1, but min_remaining keeps the largest weights by "
+                             "splicing them back: drop one of them")
 
-        masking.attach_masks(model, modules, prune_bias, masks)
-        self.model, self.margin, self.seed = model, margin, seed
+        masking.attach_masks(model, modules, prune_bias, masks, self.straight_through)
+        self.model, self.margin, self.seed, self.splice = model, margin, seed, splice
         self.min_remaining = {name: keep.get(name, min_remaining) for name in names}
         self.layers = [LayerState(name, module) for name, module in modules.items()]
         self.draws = GateDraws(seed)
@@ -262,9 +282,10 @@ class Surgeon:
                 layer.mu, layer.sigma = magnitude_stats(effective)
                 layer.a, layer.b = thresholds(layer.mu, layer.sigma, layer.c, self.margin)
 
-    def step(self, iteration: int | None = None) -> int:
+    def step(self, iteration: int | None = None, optimizer: torch.optim.Optimizer | None = None) -> int:
         """Surgery at `iteration` (default: the surgeon's own count, one more each call): each active layer
-        draws r and, if its gate opens, updates its masks. Returns how many layers updated their masks."""
+        draws r and, if its gate opens, updates its masks. Returns how many layers updated their masks.
+        (`optimizer` is for the baselines' hard masks, whose pruned weights it holds at zero; DNS needs none.)"""
         self._check_not_removed()
         if iteration is None:
             iteration = self.iteration
@@ -276,7 +297,7 @@ class Surgeon:
                 continue
             for key in layer.keys:
                 weight, mask = masking.dense(layer.module, key), masking.mask_of(layer.module, key)
-                pruned, spliced = masking.update_mask_(weight, mask, layer.a, layer.b)
+                pruned, spliced = masking.update_mask_(weight, mask, layer.a, layer.b if self.splice else math.inf)
                 keep = self.min_remaining[layer.name]
                 if key == "weight" and keep > 0:
                     spliced += keep_largest_(weight, mask, math.ceil(keep * weight.numel()))
@@ -333,7 +354,7 @@ class Surgeon:
 
     def markdown(self) -> str:
         """The per-layer table in the form of the paper's Tables 2-3, as in report.md, and the compression."""
-        return layer_table(self.table(), self.dense_table())
+        return layer_table(self.table(), self.dense_table(), self.setting)
 
     def remove(self) -> nn.Module:
         """End surgery: W ⊙ T baked into the plain weights, masks gone; returns the model, now an ordinary one

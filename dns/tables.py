@@ -1,7 +1,8 @@
 """`dns-report`: many runs side by side with the paper — Table 1, the layer-wise tables, a sweep's Pareto front.
 
 Rows of data first (`find_runs`, `table1_rows`, `layer_rows_by_group`, `sweep_rows`), formatting second. Runs are
-grouped by model and dataset: each (model, dataset) has its Table 1 block, layer table and Pareto front.
+grouped by model and dataset: each (model, dataset) has its Table 1 block and layer table, and a Pareto front per
+method (dns, dns-nosplice, han, gmp) side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class Run:
         if not self.report:
             return None
         return f"torchvision {self.report['arch']}" if self.report.get("arch") else self.report["model"]
+
+    @property
+    def method(self) -> str:
+        """dns, dns-nosplice, han or gmp (reports before the baselines existed: dns)."""
+        return (self.report or {}).get("method", "dns")
 
     @property
     def group(self) -> tuple[str, str]:
@@ -111,14 +117,14 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
     for group, mine in completed_by_group(runs).items():
         ref = paper_row(group)
         if ref:
-            rows.append({"network": ref["network"], "source": "paper (Guo et al. 2016)",
+            rows.append({"network": ref["network"], "method": "dns", "source": "paper (Guo et al. 2016)",
                          "reference_error": ref["reference_error"], "final_error": ref["error"],
                          "final_top5_error": ref.get("top5_error"),
                          "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
                          "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
         for run in mine:
             rep = run.report
-            rows.append({"network": network(group), "source": label(run, root),
+            rows.append({"network": network(group), "method": run.method, "source": label(run, root),
                          "reference_error": rep["test"]["reference_error"], "final_error": rep["test"]["final_error"],
                          "final_top5_error": rep["test"].get("final_top5_error"),
                          "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
@@ -127,7 +133,7 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
         for seeds in seed_groups(mine):
             tests = [r.report["test"] for r in seeds]
             ratios = [r.report["total"]["compression"] or 0.0 for r in seeds]
-            rows.append({"network": network(group),
+            rows.append({"network": network(group), "method": seeds[0].method,
                          "source": f"mean ± std of {', '.join(label(r, root) for r in seeds)}",
                          "reference_error": None, "final_error": mean_std([t["final_error"] for t in tests]),
                          "final_top5_error": mean_std([t.get("final_top5_error") for t in tests]),
@@ -144,10 +150,12 @@ def mean_std(values: list[float | None]) -> tuple[float, float] | None:
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
-    """Runs whose overrides differ in the seed alone, grouped; only groups of two or more."""
+    """Runs whose overrides differ in the seed alone (and the reference checkpoint each seed starts from, and whether
+    it was resumed), grouped; only groups of two or more."""
     groups: dict[tuple[str, ...], list[Run]] = {}
+    ignored = ("seed=", "hydra.", "reference.checkpoint=", "resume=")
     for run in runs:
-        key = tuple(sorted(o for o in run.overrides if not o.startswith(("seed=", "hydra."))))
+        key = tuple(sorted(o for o in run.overrides if not o.startswith(ignored)))
         groups.setdefault(key, []).append(run)
     return [group for group in groups.values() if len(group) > 1]
 
@@ -170,19 +178,31 @@ def layer_rows_by_group(runs: list[Run], root: Path) -> dict[tuple[str, str], tu
     return tables
 
 
+def series(runs: list[Run]) -> dict[tuple[str, int], list[Run]]:
+    """Completed `runs` grouped by (method, iterations after the reference), in order of first appearance: each
+    has its own Pareto front (Han at twice the budget is another series than Han at DNS's)."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.method, dns_iterations(run.report)), []).append(run)
+    return groups
+
+
 def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
-    """One row per run, failed ones included; completed runs on the error-compression Pareto front of their model
-    and dataset are marked (a LeNet-5 run does not push a LeNet-300-100 run off the front)."""
+    """One row per run, failed ones included; completed runs on the error-compression Pareto front of their model,
+    dataset, method and budget are marked (a LeNet-5 run does not push a LeNet-300-100 run off the front, nor Han's
+    DNS's: `series`)."""
     front = {}
-    for done in completed_by_group(runs).values():
-        front.update(zip((id(r) for r in done), pareto_front(
-            [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
+    for group in completed_by_group(runs).values():
+        for done in series(group).values():
+            front.update(zip((id(r) for r in done), pareto_front(
+                [(r.report["total"]["compression"] or 0.0, r.report["test"]["final_error"]) for r in done])))
     rows = []
     for run in runs:
         rep = run.report or {}
         total = rep.get("total") or {}  # None in a run stopped before surgery
         rows.append({
             "run": label(run, root), "status": run.status, "model": run.model or "", "dataset": rep.get("dataset", ""),
+            "method": run.method if run.report else "",
             "overrides": " ".join(run.overrides),
             "compression": total.get("compression"),
             "weight_compression": total.get("weight_compression"),
@@ -225,11 +245,12 @@ def markdown(runs: list[Run], root: Path) -> str:
     table1 = table1_rows(runs, root)
     top5 = any(r["final_top5_error"] is not None for r in table1)  # a column only for ImageNet runs
     lines = ["# DNS runs against the paper", "", "## Table 1", "",
-             "| network | run | reference error | DNS error |" + (" DNS top-5 error |" if top5 else "")
-             + " parameters | remaining | compression | iterations (reference → DNS) |",
-             "|---|---|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---|"]
+             "| network | method | run | reference error | error |" + (" top-5 error |" if top5 else "")
+             + " parameters | remaining | compression | iterations (reference → pruning) |",
+             "|---|---|---|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---|"]
     for r in table1:
-        lines.append(f"| {r['network']} | {r['source']} | {_pct(r['reference_error'])} | {_pct(r['final_error'])} | "
+        lines.append(f"| {r['network']} | {r['method']} | {r['source']} | {_pct(r['reference_error'])} | "
+                     f"{_pct(r['final_error'])} | "
                      + (f"{_pct(r['final_top5_error'])} | " if top5 else "")
                      + f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
     for group, (header, rows) in layer_rows_by_group(runs, root).items():
@@ -239,16 +260,18 @@ def markdown(runs: list[Run], root: Path) -> str:
             cells = [row[0], f"{row[1]:,}"] + ["" if v is None else f"{v:.2f} %" for v in row[2:]]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "",
-              "Pareto front (no other run of the same network and dataset is both more compressed and more accurate): ★."
+              "Pareto front (no other run of the same network, dataset, method and budget is both more compressed and "
+              "more accurate): ★."
               " Compression counts the conv and fc layers; over all parameters it counts the unmasked ones (BatchNorm,"
               " ...) too.", "",
-              "| run | status | overrides | compression | over all parameters | bytes (float32 / float16) | DNS error "
-              "| iterations (reference → DNS) | front |",
-              "|---|---|---|---:|---:|---:|---:|---|:-:|"]
+              "| run | method | status | overrides | compression | over all parameters | bytes (float32 / float16) "
+              "| error | iterations (reference → pruning) | front |",
+              "|---|---|---|---|---:|---:|---:|---:|---|:-:|"]
     for r in sweep_rows(runs, root):
         iters = f"{r['reference_iters']:,} → {r['dns_iters']:,}" if r["dns_iters"] is not None else ""
         size = f"{_times(r['bytes_ratio'])} / {_times(r['bytes_ratio_float16'])}" if r["bytes_ratio"] else ""
-        lines.append(f"| {r['run']} | {r['status']} | {r['overrides'] or '(defaults)'} | {_times(r['compression'])} | "
+        lines.append(f"| {r['run']} | {r['method']} | {r['status']} | {r['overrides'] or '(defaults)'} | "
+                     f"{_times(r['compression'])} | "
                      f"{_times(r['model_compression'])} | {size} | {_pct(r['final_error'])} | {iters} | {'★' if r['pareto'] else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -269,20 +292,30 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = {r.method for r in runs if r.completed}
+    markers = dict(zip(["dns", "dns-nosplice", "han", "gmp"], "o^sD"))
     for group, mine in completed_by_group(runs).items():
-        points = [(r.report["total"]["compression"] or 0.0, 100 * r.report["test"]["final_error"]) for r in mine]
         name, ref = network(group), paper_row(group)
-        line = ax.scatter(*zip(*points), label=f"{name}: our runs", zorder=3)
-        front = sorted(p for p, on in zip(points, pareto_front([(c, e) for c, e in points])) if on)
-        ax.plot(*zip(*front), color=line.get_facecolor()[0], linewidth=1, alpha=0.6)
+        color = None  # the first method's, for the published points
+        groups = series(mine)
+        for (method, iters), done in groups.items():  # one front per method and budget
+            points = [(r.report["total"]["compression"] or 0.0, 100 * r.report["test"]["final_error"]) for r in done]
+            label = f"{name}: {method}" if len(methods) > 1 else f"{name}: our runs"
+            budgets = sum(m == method for m, _ in groups)
+            line = ax.scatter(*zip(*points), marker=markers.get(method, "o"), zorder=3,
+                              label=label + (f", {iters / 1000:g}K iterations" if budgets > 1 else ""))
+            front = sorted(p for p, on in zip(points, pareto_front([(c, e) for c, e in points])) if on)
+            ax.plot(*zip(*front), color=line.get_facecolor()[0], linewidth=1, alpha=0.6)
+            color = color if color is not None else line.get_facecolor()[0]
         if ref:
-            ax.scatter([ref["compression"]], [100 * ref["error"]], marker="*", s=180, color=line.get_facecolor()[0],
+            ax.scatter([ref["compression"]], [100 * ref["error"]], marker="*", s=180, color=color,
                        edgecolor="black", label=f"{name}: DNS paper", zorder=4)
             for peer, error, compression in paper.OTHERS.get(group[0], []):
-                ax.scatter([compression], [100 * error], marker="x", color=line.get_facecolor()[0], zorder=3)
+                ax.scatter([compression], [100 * error], marker="x", color=color, zorder=3)
                 ax.annotate(peer, (compression, 100 * error), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set(xscale="log", xlabel="compression (parameters / remaining, log scale)", ylabel="test error %",
            title="Error against compression")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # labels within a decade too
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(True, which="both", alpha=0.3)

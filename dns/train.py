@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dns import distributed
+from dns.baselines import GradualMagnitude, Han
 from dns.checkpoint import load_checkpoint, save_checkpoint
 from dns.config import RunConfig, model_args
 from dns.data import SplitBatches, augmentation, load_split
@@ -80,13 +81,25 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def build_surgeon(model: nn.Module, cfg: RunConfig, phase: Phase | None, initial_masks: dict | None) -> Surgeon:
-    """Masks on every prunable layer, operating on `phase`'s layers (None: none yet; `Surgeon.begin_phase`)."""
-    s = cfg.surgery
+    """Masks on every prunable layer, operating on `phase`'s layers (None: none yet; `Surgeon.begin_phase`): DNS's
+    surgeon, or the baseline of cfg.method (`dns.baselines`), whose per-layer settings `phase.c` holds."""
+    s, m = cfg.surgery, cfg.method
     phase = phase or Phase(0, 0, {}, {}, s.gamma, s.power)
-    return Surgeon(model, layers=list(phase.c), c_per_layer=phase.c, iter_stop_per_layer=phase.iter_stop,
-                   margin=s.margin, gamma=phase.gamma, power=phase.power, prune_bias=s.prune_bias,
-                   min_remaining=s.min_remaining, min_remaining_per_layer=s.min_remaining_per_layer,
-                   seed=cfg.seed + 1, masks=initial_masks)
+    shared = dict(layers=list(phase.c), prune_bias=s.prune_bias, masks=initial_masks)
+    if m.name == "han":
+        return Han(model, quality_per_layer=phase.c, rounds=m.rounds, round_iters=m.round_iters, **shared)
+    if m.name == "gmp":
+        return GradualMagnitude(model, m.final_sparsity, final_sparsity_per_layer=None if m.global_sparsity else phase.c,
+                                initial_sparsity=m.initial_sparsity, start=m.start, end=m.end, every=m.every,
+                                global_sparsity=m.global_sparsity, **shared)
+    return Surgeon(model, c_per_layer=phase.c, iter_stop_per_layer=phase.iter_stop, margin=s.margin,
+                   gamma=phase.gamma, power=phase.power, splice=s.splice, min_remaining=s.min_remaining,
+                   min_remaining_per_layer=s.min_remaining_per_layer, seed=cfg.seed + 1, **shared)
+
+
+def method_label(cfg: RunConfig) -> str:
+    """The method that made a run, as reports name it: dns, dns-nosplice, han or gmp."""
+    return "dns-nosplice" if cfg.method.name == "dns" and not cfg.surgery.splice else cfg.method.name
 
 
 def first_non_finite(model: nn.Module, images: torch.Tensor) -> str:
@@ -184,7 +197,7 @@ class Trainer:
         for it in bar:
             set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it) * anneal(shape, it - first, iters))
             if operate:
-                surgeon.step(it - phase.first)
+                surgeon.step(it - phase.first, optimizer)
             images, labels = next(self.batches)
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if cfg.channels_last:
@@ -223,7 +236,8 @@ class Trainer:
 
     def _log_row(self, stage: str, it: int, phase: Phase | None, bar: tqdm, evaluated: bool) -> None:
         cfg, surgeon = self.cfg, self.surgeon
-        sigma = surgery_probability(it - phase.first, phase.gamma, phase.power) if phase else None
+        sigma = surgery_probability(it - phase.first, phase.gamma, phase.power) \
+            if phase and cfg.method.name == "dns" else None
         row = self.history.log(stage, self.step_count, it, lr=self.optimizer.param_groups[0]["lr"],
                                loss=(self.loss_sum / self.steps).item(), train_error=self.wrong.item() / self.seen,
                                sigma=sigma, layers=surgeon.layers if surgeon else None,
@@ -332,7 +346,8 @@ class Trainer:
         if self.test_top5 is not None:
             test.update(reference_top5_error=self.reference_top5, final_top5_error=self.test_top5)
         report = {
-            "model": cfg.model.name, "arch": cfg.model.arch, "dataset": cfg.dataset.name, "status": status, "config": asdict(cfg),
+            "model": cfg.model.name, "arch": cfg.model.arch, "dataset": cfg.dataset.name,
+            "method": method_label(cfg), "status": status, "config": asdict(cfg),
             "layers": rows, "dense_layers": dense, "total": totals(rows, dense) if rows else None, "test": test,
             "iterations": {"reference": 0 if cfg.reference.checkpoint else cfg.reference.iters,
                            "surgery": cfg.surgery.iters, "finetune": cfg.finetune.iters},
@@ -399,6 +414,8 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
     """The three stages, from the beginning or from `state` (a latest.pt); returns the final checkpoint's content."""
     model = trainer.model
     surgery_lr = cfg.surgery.lr if cfg.surgery.lr is not None else cfg.optimizer.lr
+    if cfg.method.name == "han":  # retraining at a tenth of the rate, as Han et al. retrained the LeNets
+        surgery_lr = cfg.method.lr if cfg.method.lr is not None else cfg.optimizer.lr / 10
     finetune_lr = cfg.finetune.lr if cfg.finetune.lr is not None else surgery_lr
     phases = surgery_phases(cfg, {name: layer_kind(m) for name, m in prunable_layers(model).items()})
     if state is not None:

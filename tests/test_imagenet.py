@@ -180,6 +180,6 @@ def test_alexnet_runs_end_to_end_on_an_image_folder(image_folder, dns_train, tmp
     dns_report = str(Path(dns_train_argv()[0]).with_name("dns-report"))
     tables = subprocess.run([dns_report, str(run)], capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr
-    assert "| AlexNet | paper (Guo et al. 2016) | 43.42 % | 43.09 % | 19.99 % | 60,965,224 |" in tables.stdout
-    assert (f"| AlexNet | run | {100 * test['reference_error']:.2f} % | {100 * test['final_error']:.2f} % | 0.00 % |"
+    assert "| AlexNet | dns | paper (Guo et al. 2016) | 43.42 % | 43.09 % | 19.99 % | 60,965,224 |" in tables.stdout
+    assert (f"| AlexNet | dns | run | {100 * test['reference_error']:.2f} % | {100 * test['final_error']:.2f} % | 0.00 % |"
             in tables.stdout)

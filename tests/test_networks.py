@@ -103,7 +103,7 @@ def test_resnet20_on_cifar10_files_runs_end_to_end(dns_train, tmp_path):
 
     tables = subprocess.run([tool("dns-report"), str(run)], capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr
-    assert f"| resnet20 on cifar10 | run | {100 * report['test']['reference_error']:.2f} % |" in tables.stdout
+    assert f"| resnet20 on cifar10 | dns | run | {100 * report['test']['reference_error']:.2f} % |" in tables.stdout
     assert "## resnet20 on cifar10: remaining % per layer" in tables.stdout
 
 
@@ -152,7 +152,7 @@ def test_torchvision_resnet18_on_an_image_folder_runs_end_to_end(image_folder, d
     assert json.loads(evaluated.stdout)["test"] == {k: report["test"][k] for k in ("final_error", "final_top5_error")}
     tables = subprocess.run([tool("dns-report"), str(run)], capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr
-    assert "| torchvision resnet18 on imagenet | run |" in tables.stdout
+    assert "| torchvision resnet18 on imagenet | dns | run |" in tables.stdout
 
 
 def test_resnet20_on_fashion_mnist_takes_one_channel(dns_train, tmp_path):

@@ -87,4 +87,4 @@ def test_a_failed_job_does_not_hide_the_others_of_a_sweep(dns_train, tmp_path):
     from dns.cli import report_main
     report_main([str(tmp_path / "sweep")])
     markdown = (tmp_path / "sweep" / "dns_report.md").read_text()
-    assert "| 1 | failed | model=lenet300 reference.iters=60 surgery.iters=20 finetune.iters=0 log_every=10 optimizer.lr=50 |" in markdown
+    assert "| 1 | dns | failed | model=lenet300 reference.iters=60 surgery.iters=20 finetune.iters=0 log_every=10 optimizer.lr=50 |" in markdown

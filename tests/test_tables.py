@@ -67,9 +67,9 @@ def test_report_tables_mark_the_front_and_list_failed_runs(sweep):
     assert result.returncode == 0, result.stderr
     md = (sweep / "dns_report.md").read_text()
     assert md == result.stdout.split("written:")[0].rstrip("\n") + "\n"
-    assert "| LeNet-300-100 | paper (Guo et al. 2016) | 2.28 % | 1.99 % | 266,610 | 4,800 | 56.0× | 10K → 25K |" in md
+    assert "| LeNet-300-100 | dns | paper (Guo et al. 2016) | 2.28 % | 1.99 % | 266,610 | 4,800 | 56.0× | 10K → 25K |" in md
     assert "| fc3 | 1,010 | 5.50 % |" in md  # the paper's Table 3 column beside ours
-    assert "| 3 | incomplete | model=lenet300 surgery.c=8 |" in md
+    assert "| 3 |  | incomplete | model=lenet300 surgery.c=8 |" in md
 
     rows = list(csv.DictReader(open(sweep / "dns_report.csv")))
     assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
@@ -101,5 +101,5 @@ def test_reproduce_paper_gives_the_same_tables_twice(tmp_path, data_root):
                        (tmp_path / f"results_{attempt}" / "dns_report.csv").read_text()))
     assert tables[0] == tables[1]
     md = tables[0][0]
-    assert "| LeNet-5 | paper (Guo et al. 2016) |" in md and "| LeNet-300-100 | paper (Guo et al. 2016) |" in md
+    assert "| LeNet-5 | dns | paper (Guo et al. 2016) |" in md and "| LeNet-300-100 | dns | paper (Guo et al. 2016) |" in md
     assert "mean ± std of paper_lenet5/0, paper_lenet5/1" in md
