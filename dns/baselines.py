@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dns import masks as masking
-from dns.surgeon import LayerState, Surgeon
+from dns.surgeon import LayerState, Surgeon, _check
 
 
 def weight_std(tensors: list[torch.Tensor]) -> tuple[float, float]:
@@ -71,8 +71,7 @@ class _HardMasks(Surgeon):
                  prune_bias: bool, masks: dict[str, torch.Tensor] | None):
         name = type(self).setting.replace(" ", "_")
         for key, value in [(name, setting), *((f"{name}_per_layer[{k!r}]", v) for k, v in (per_layer or {}).items())]:
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{key}={value!r}: must be a finite number >= 0")
+            _check(key, value, 0.0)
         super().__init__(model, c=setting, c_per_layer=per_layer, layers=layers, exclude=exclude, gamma=0.0,
                          power=0.0, prune_bias=prune_bias, masks=masks)
 
