@@ -7,6 +7,7 @@
     print(surgeon.markdown())             # the per-layer table
     surgeon.remove()                      # W ⊙ T baked in: an ordinary model
     dns.save(model, "model.dns")          # the compact file; dns.load("model.dns", model=MyNet()) reads it
+    dns.load("model.dns", model=MyNet(), sparse=True)  # fc layers as compressed rows: faster CPU inference
 
 `dns-train` runs the paper's experiments with this same `Surgeon`. The baselines it is compared with take the same
 model and loop: `dns.Han` (Han et al.'s prune and retrain) and `dns.GradualMagnitude` (Zhu & Gupta's GMP).
@@ -14,6 +15,7 @@ model and loop: `dns.Han` (Han et al.'s prune and retrain) and `dns.GradualMagni
 
 from dns.baselines import GradualMagnitude, Han
 from dns.export import load, save
+from dns.sparse import SparseLinear, sparsify
 from dns.surgeon import Surgeon
 
-__all__ = ["GradualMagnitude", "Han", "Surgeon", "load", "save"]
+__all__ = ["GradualMagnitude", "Han", "SparseLinear", "Surgeon", "load", "save", "sparsify"]

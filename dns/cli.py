@@ -190,7 +190,7 @@ def main() -> None:
 
 
 def eval_main(argv: list[str] | None = None) -> None:
-    """dns-eval CHECKPOINT [--json] [dataset overrides]: test error and the per-layer table."""
+    """dns-eval CHECKPOINT [--json] [--sparse] [dataset overrides]: test error and the per-layer table."""
     from dns.checkpoint import load_checkpoint, model_of, trained_dataset
     from dns.config import sample_shape
     from dns.data import prepare_dataset
@@ -207,6 +207,8 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a .pt checkpoint or a .dns file")
     parser.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. dataset.root=PATH")
     parser.add_argument("--json", action="store_true", help="print report.json's fields instead of the table")
+    parser.add_argument("--sparse", action="store_true", help="evaluate with sparse fully connected layers "
+                        "(dns.load(path, sparse=True)), as deployed on the CPU")
     args = parser.parse_intermixed_args(argv)
     try:
         checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
@@ -226,7 +228,7 @@ def eval_main(argv: list[str] | None = None) -> None:
         check_image_folder(dataset.root) if dataset.name == "imagenet" else prepare_dataset(dataset)
     except Exception as e:  # a bad file, missing data, or Hydra's composition errors
         fail("dns-eval", one_line(e))
-    report = evaluation_report(checkpoint, evaluator(dataset, torch.device("cpu")), dataset.name)
+    report = evaluation_report(checkpoint, evaluator(dataset, torch.device("cpu")), dataset.name, sparse=args.sparse)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report), end="\n" if args.json else "")
 
 

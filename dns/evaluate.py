@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -13,6 +14,7 @@ from dns.data import Split, load_split
 from dns.export import byte_report
 from dns.checkpoint import fill, model_of
 from dns.report import dense_rows, layer_rows, totals
+from dns.sparse import sparse_layers, sparsify
 from dns.surgeon import Surgeon
 
 
@@ -44,7 +46,7 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device  # (SparseLinear layers hold buffers)
     wrong, seen = {1: 0, 5: 0}, 0
     for images, labels in batches:
         for k, n in topk_errors(model(images.to(device)), labels.to(device)).items():
@@ -78,13 +80,18 @@ def evaluator(dataset: DatasetConfig, device: torch.device) -> TestFn:
     return lambda model: {"top1": evaluate(model, test, dataset.test_batch_size)}
 
 
-def evaluation_report(checkpoint: dict[str, Any], test: TestFn, dataset: str) -> dict[str, Any]:
-    """The fields of report.json that a checkpoint alone determines: layers, totals and the test error(s)."""
+def evaluation_report(checkpoint: dict[str, Any], test: TestFn, dataset: str, sparse: bool = False) -> dict[str, Any]:
+    """The fields of report.json that a checkpoint alone determines: layers, totals and the test error(s).
+    sparse: the errors of the model with sparse fully connected layers (dns.sparse), which ones in `sparse_layers`."""
     model, surgeon = restore(checkpoint)
     rows, dense = layer_rows(surgeon), dense_rows(surgeon)
+    if sparse:
+        surgeon.remove()  # W ⊙ T baked in: the plain model, as dns.load gives it
+        model = sparsify(model.eval())
     errors = test(model)
     result = {"final_error": errors["top1"]}
     if "top5" in errors:
         result["final_top5_error"] = errors["top5"]
     return {"model": checkpoint["model"], "arch": (checkpoint.get("model_args") or {}).get("arch"), "dataset": dataset, "status": "evaluated", "layers": rows,
-            "dense_layers": dense, "total": totals(rows, dense), "test": result, "bytes": byte_report(checkpoint)}
+            "dense_layers": dense, "total": totals(rows, dense), "test": result, "bytes": byte_report(checkpoint),
+            **({"sparse_layers": sparse_layers(model)} if sparse else {})}

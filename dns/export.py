@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from dns.masks import mask_state_dict, plain_state_dict
-from dns.checkpoint import fill, model_of, trained_dataset
+from dns.checkpoint import fill, load_checkpoint, model_of, trained_dataset
 from dns.models import prunable_layers
+from dns.sparse import SparseLinear, sparsify
 
 MAGIC, VERSION = b"DNSX", 1
 VALUE_TYPES = {"float32": (0, "<f4"), "float16": (1, "<f2")}  # name: (code in the file, little-endian type)
@@ -83,6 +84,9 @@ def to_bytes(checkpoint: dict[str, Any], value_type: str = "float32") -> bytes:
 
 def checkpoint_of(model: nn.Module) -> dict[str, Any]:
     """A model of any architecture, masked or not, in the checkpoint form `to_bytes` takes (no registry name)."""
+    if any(isinstance(m, SparseLinear) for m in model.modules()):
+        raise ValueError("the model has SparseLinear layers, for inference only: save it before dns.sparsify "
+                         "(a .dns file loads sparse with dns.load(path, sparse=True))")
     return {"model": None, "num_classes": None,
             "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
             "masks": {k: v.cpu() for k, v in mask_state_dict(model).items()}}
@@ -128,15 +132,27 @@ def read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """A plain PyTorch model (no masks, no wrappers) from a `.dns` file, in eval mode: the file's tensors
-    loaded into `model`, or into the `dns.models` architecture the file names."""
-    header, tensors = read(Path(path).read_bytes())
+def load(path: str | Path, model: nn.Module | None = None, sparse: bool = False) -> nn.Module:
+    """A plain PyTorch model (no masks, no wrappers) in eval mode, from a `.dns` file or a dns checkpoint (.pt):
+    its weights (W ⊙ T) loaded into `model`, or into the `dns.models` architecture the file names.
+
+    sparse=True: for inference on the CPU, each fully connected layer with at most `dns.sparse.MAX_DENSITY`
+    non-zeros becomes a `dns.SparseLinear` (compressed rows; same outputs, faster); conv layers stay dense.
+    """
+    if is_dns_file(path):
+        header, tensors = read(Path(path).read_bytes())
+    else:
+        try:
+            header = load_checkpoint(path)
+        except ValueError:
+            raise ValueError(f"{path} is neither a .dns file nor a dns checkpoint") from None
+        tensors = effective_state_dict(header)
     if model is None:
         if header["model"] is None:
             raise ValueError(f"{path} holds a model of your own: pass it, dns.load(path, model=YourModel())")
         model = model_of(header)
-    return fill(model, tensors).eval()
+    model = fill(model, tensors).eval()
+    return sparsify(model) if sparse else model
 
 
 def as_checkpoint(path: str | Path) -> dict[str, Any]:

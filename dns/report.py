@@ -187,7 +187,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(f"Test error: {_pct(100 * test['reference_error'])} (reference) → "
                      f"**{_pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
     else:
-        lines.append(f"Test error: **{_pct(100 * test['final_error'])}**.")
+        lines.append(f"Test error: **{_pct(100 * test['final_error'])}**"
+                     + (" with sparse fully connected layers." if "sparse_layers" in report else "."))
+    if "sparse_layers" in report:
+        shown = ", ".join(f"{name} ({_pct(100 * d)})" for name, d in report["sparse_layers"].items())
+        lines.append(f"Sparse layers (compressed rows, dns.sparse): {shown or 'none (every fc layer above the density threshold)'}.")
     if test.get("final_top5_error") is not None:
         before = test.get("reference_top5_error")
         lines.append(f"Top-5 error: {'' if before is None else _pct(100 * before) + ' (reference) → '}"
