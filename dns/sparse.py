@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 # At or below this density a Linear layer runs sparse, at any batch size (scripts/bench_infer.py --sweep,
-# BENCHMARKS.md: up to 5 % every layer of over 100K weights gained at every batch size, at 7 % all but one case
-# (800 x 500, batch 8, two threads), at 10 % more lost; 7 % keeps AlexNet's fc7, 6.6 % in the paper, sparse).
+# BENCHMARKS.md: up to 7 % every layer of over 100K weights gained at every batch size and thread count, at 10 %
+# some lost; 7 % keeps AlexNet's fc7, 6.6 % in the paper, sparse).
 MAX_DENSITY = 0.07
 FEW_SAMPLES, FEW_ROWS = 4, 16  # up to these batch sizes or output rows, one dot product per sample and row beats
-# the batched loop (which writes each output row once per kept weight)
+# the batched loop, whose inner loop over the samples is then too short to pay for updating the row per weight
 PARALLEL_WORK = 1_000_000  # multiply-adds (non-zeros × batch) from which a product is split over threads (below,
 # the threads of torch that spin on after its own ops slow it down: LeNet-300-100 at batch 64 ran slower on 2)
 
