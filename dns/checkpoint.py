@@ -44,6 +44,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a checkpoint written by `save_checkpoint`."""
+    try:
+        load_checkpoint(path)
+    except ValueError:
+        return False
+    return True
+
+
 def model_of(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """An untrained model of the checkpoint's architecture: its `dns.models` name built with its `model_args`
     (checkpoints before 2026-12-03 name only `num_classes`)."""

@@ -167,6 +167,18 @@ def fail(program: str, message: str) -> None:
     sys.exit(USAGE_ERROR)
 
 
+def check_output(program: str, out: Path, source: str, force: bool, ours) -> None:
+    """Refuse to write over the input, a directory, or an existing file that `ours(path)` does not recognise as
+    one this command writes (unless --force): an export must never destroy what it reads or a user's file."""
+    if out.exists() and out.resolve() == Path(source).resolve():
+        fail(program, f"--out {out} is the input file: give another path")
+    if out.is_dir():
+        fail(program, f"--out {out} is a directory: give a file path")
+    if out.exists() and not force and not ours(out):
+        fail(program, f"--out {out} exists and is not a file {program} writes: give another path, or --force to "
+                      f"overwrite it")
+
+
 def main() -> None:
     from dns.distributed import world
 
@@ -235,21 +247,23 @@ def eval_main(argv: list[str] | None = None) -> None:
 def import_caffe_main(argv: list[str] | None = None) -> None:
     """dns-import-caffe FILE.caffemodel --model NAME --out FILE.pt"""
     from dns.caffe import CaffeFormatError, read_net, to_checkpoint
-    from dns.checkpoint import save_checkpoint
+    from dns.checkpoint import is_checkpoint, save_checkpoint
     from dns.models import list_models
 
     parser = argparse.ArgumentParser(prog="dns-import-caffe", description="Convert a Caffe .caffemodel "
                                      "(the DNS authors' LeNets) into a dns checkpoint.")
     parser.add_argument("caffemodel")
     parser.add_argument("--model", required=True, choices=list_models())
-    parser.add_argument("--out", required=True, help="the .pt checkpoint to write")
+    parser.add_argument("--out", required=True, type=Path, help="the .pt checkpoint to write")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out that is not a dns checkpoint")
     args = parser.parse_args(argv)
+    check_output("dns-import-caffe", args.out, args.caffemodel, args.force, is_checkpoint)
     try:
         _, layers = read_net(Path(args.caffemodel).read_bytes())
         content = to_checkpoint(layers, args.model, str(args.caffemodel))
     except (OSError, CaffeFormatError) as e:
         fail("dns-import-caffe", f"{args.caffemodel}: {one_line(e)}")
-    save_checkpoint(Path(args.out), **content)
+    save_checkpoint(args.out, **content)
     print(f"{args.caffemodel} -> {args.out} ({args.model})")
     print(f"{'layer':<7}{'caffe':<8}{'shape':<16}{'remaining':>26}{'c_rate':>8}{'iter_stop':>10}{'gamma':>8}{'power':>7}")
     for name, settings in content["layers"].items():
@@ -289,8 +303,8 @@ def export_main(argv: list[str] | None = None) -> None:
     """dns-export CHECKPOINT --out FILE [--float16 | --state-dict]"""
     import torch
 
-    from dns.checkpoint import load_checkpoint
-    from dns.export import dense_bytes, effective_state_dict, save
+    from dns.checkpoint import fill, load_checkpoint, model_of
+    from dns.export import dense_bytes, effective_state_dict, is_dns_file, save
 
     parser = argparse.ArgumentParser(prog="dns-export", description="Write a checkpoint's pruned model compactly "
                                      "(.dns: kept values with 8-bit relative indices) or as a dense state_dict.")
@@ -300,11 +314,16 @@ def export_main(argv: list[str] | None = None) -> None:
     kind.add_argument("--float16", action="store_true", help="store values as float16 (default float32)")
     kind.add_argument("--state-dict", action="store_true",
                       help="write a plain dense-with-zeros state_dict that loads into the unmasked model")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out that is not a .dns file")
     args = parser.parse_args(argv)
+    # a .dns file may be written again; a state_dict file cannot be told from any other .pt
+    check_output("dns-export", args.out, args.checkpoint, args.force, lambda p: not args.state_dict and is_dns_file(p))
     try:
         checkpoint = load_checkpoint(args.checkpoint)
-    except ValueError as e:
-        fail("dns-export", str(e))
+        if checkpoint.get("model"):  # a file that would not load is refused before it is written
+            fill(model_of(checkpoint), effective_state_dict(checkpoint))
+    except Exception as e:  # not a checkpoint; tensors missing, unexpected or of the wrong shape
+        fail("dns-export", f"{args.checkpoint}: {one_line(e)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.state_dict:
         torch.save(effective_state_dict(checkpoint), args.out)

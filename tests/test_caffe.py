@@ -119,6 +119,24 @@ def test_import_with_the_wrong_model_is_one_line_exit_2(data_root, tmp_path):
     assert "pick the matching --model" in run.stderr and not (tmp_path / "x.pt").exists()
 
 
+def test_import_never_writes_over_its_input_or_a_file_not_its_own(data_root, tmp_path):
+    import shutil
+
+    source = tmp_path / "net.caffemodel"
+    shutil.copy(caffe_file(data_root, "lenet300", "sparse"), source)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out, message in [(source, "is the input file"), (tmp_path / "notes.txt", "--force to overwrite")]:
+        run = subprocess.run([script("dns-import-caffe"), str(source), "--model", "lenet300", "--out", str(out)],
+                             capture_output=True, text=True)
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and message in run.stderr
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for _ in range(2):  # its own checkpoint it writes again
+        run = subprocess.run([script("dns-import-caffe"), str(source), "--model", "lenet300", "--out",
+                              str(tmp_path / "m.pt")], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+
+
 @pytest.fixture
 def sparse_lenet5(data_root, tmp_path) -> Path:
     from dns.checkpoint import save_checkpoint

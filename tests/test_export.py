@@ -138,3 +138,46 @@ def test_dns_eval_reads_an_exported_file(data_root, tmp_path):
     report = json.loads(run.stdout)
     assert report["test"]["final_error"] == 0.0199 and report["total"]["remaining"] == 4988
     assert report["bytes"]["dns_float32"] == (tmp_path / "m.dns").stat().st_size
+
+
+def test_dns_export_never_writes_over_what_it_reads_or_a_file_not_its_own(tmp_path):
+    from dns.checkpoint import save_checkpoint
+
+    checkpoint = masked_checkpoint("lenet300", 0.02, seed=4)
+    save_checkpoint(tmp_path / "c.pt", **checkpoint)
+    (tmp_path / "notes.txt").write_text("mine")
+    exe = Path(sys.executable).with_name("dns-export")
+    command = str(exe) if exe.exists() else "dns-export"
+
+    def export(*args):
+        return subprocess.run([command, *map(str, args)], capture_output=True, text=True)
+
+    def files():
+        return {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    before = files()
+    for args, message in [((tmp_path / "c.pt", "--out", tmp_path / "c.pt"), "is the input file"),
+                          ((tmp_path / "c.pt", "--out", tmp_path / "c.pt", "--force"), "is the input file"),
+                          ((tmp_path / "c.pt", "--out", tmp_path / "notes.txt"), "exists and is not a file dns-export writes"),
+                          ((tmp_path / "c.pt", "--out", tmp_path / "notes.txt", "--state-dict"), "--force to overwrite"),
+                          ((tmp_path / "c.pt", "--out", tmp_path), "is a directory")]:
+        run = export(*args)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+        assert files() == before  # byte for byte
+    assert export(tmp_path / "c.pt", "--out", tmp_path / "m.dns").returncode == 0
+    assert export(tmp_path / "c.pt", "--out", tmp_path / "m.dns", "--float16").returncode == 0  # its own file: again
+    assert export(tmp_path / "c.pt", "--out", tmp_path / "notes.txt", "--force").returncode == 0
+    assert dns.load(tmp_path / "notes.txt") is not None
+
+
+def test_dns_export_refuses_a_checkpoint_that_does_not_fit_its_model(tmp_path):
+    from dns.checkpoint import save_checkpoint
+
+    checkpoint = masked_checkpoint("lenet300", 0.02, seed=4)
+    del checkpoint["state_dict"]["fc2.bias"]
+    save_checkpoint(tmp_path / "c.pt", **checkpoint)
+    exe = Path(sys.executable).with_name("dns-export")
+    run = subprocess.run([str(exe) if exe.exists() else "dns-export", str(tmp_path / "c.pt"), "--out",
+                          str(tmp_path / "m.dns")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "1 missing (fc2.bias)" in run.stderr and not (tmp_path / "m.dns").exists()
