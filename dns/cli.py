@@ -320,13 +320,14 @@ def export_main(argv: list[str] | None = None) -> None:
     check_output("dns-export", args.out, args.checkpoint, args.force, lambda p: not args.state_dict and is_dns_file(p))
     try:
         checkpoint = load_checkpoint(args.checkpoint)
+        weights = effective_state_dict(checkpoint)
         if checkpoint.get("model"):  # a file that would not load is refused before it is written
-            fill(model_of(checkpoint), effective_state_dict(checkpoint))
+            fill(model_of(checkpoint), weights)
     except Exception as e:  # not a checkpoint; tensors missing, unexpected or of the wrong shape
         fail("dns-export", f"{args.checkpoint}: {one_line(e)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.state_dict:
-        torch.save(effective_state_dict(checkpoint), args.out)
+        torch.save(weights, args.out)
         print(f"{args.out}: dense state_dict of {checkpoint['model']}, {args.out.stat().st_size:,} bytes")
         return
     size = save(checkpoint, args.out, "float16" if args.float16 else "float32")

@@ -106,14 +106,14 @@ def csr_linear(crow: np.ndarray, col: np.ndarray, val: np.ndarray, bias: np.ndar
         x, out = np.ascontiguousarray(x), np.empty((batch, rows), dtype=val.dtype)
         if not parallel:
             _dot_rows(crow, col, val, bias, x, out, 0, rows)
-        elif batch >= threads:  # a share of the samples each
+            return out
+        if batch >= threads:  # a share of the samples each
             samples = np.linspace(0, batch, threads + 1).astype(np.int64)
-            _dot_parallel(crow, col, val, bias, x, out, np.array([[samples[k], samples[k + 1], 0, rows]
-                                                                  for k in range(threads)]))
+            chunks = [[samples[k], samples[k + 1], 0, rows] for k in range(threads)]
         else:  # a share of the rows each
             bounds = row_bounds(crow, threads)
-            _dot_parallel(crow, col, val, bias, x, out, np.array([[0, batch, bounds[k], bounds[k + 1]]
-                                                                  for k in range(threads)]))
+            chunks = [[0, batch, bounds[k], bounds[k + 1]] for k in range(threads)]
+        _dot_parallel(crow, col, val, bias, x, out, np.array(chunks))
         return out
     xt, outt = np.ascontiguousarray(x.T), np.empty((rows, batch), dtype=val.dtype)
     if parallel:
