@@ -13,9 +13,19 @@
 model and loop: `dns.Han` (Han et al.'s prune and retrain) and `dns.GradualMagnitude` (Zhu & Gupta's GMP).
 """
 
-from dns.baselines import GradualMagnitude, Han
-from dns.export import load, save
-from dns.sparse import SparseLinear, sparsify
-from dns.surgeon import Surgeon
+import importlib
 
-__all__ = ["GradualMagnitude", "Han", "SparseLinear", "Surgeon", "load", "save", "sparsify"]
+# Imported on first use (PEP 562), so that `import dns` and the console scripts start without loading torch.
+_WHERE = {"GradualMagnitude": "dns.baselines", "Han": "dns.baselines", "load": "dns.export", "save": "dns.export",
+          "SparseLinear": "dns.sparse", "sparsify": "dns.sparse", "Surgeon": "dns.surgeon"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'dns' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -15,25 +15,30 @@ The effective weight of a layer is state_dict[name] * masks[name].
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dns.files import write_atomically
 
 FORMAT, VERSION = "dns-checkpoint", 1
 
 
 def save_checkpoint(path: Path, **content: Any) -> None:
     """Write atomically: a reader, or a crash, never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **content}, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **content}, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; ValueError (one line) if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"DNSX":  # dns.export.MAGIC
+                raise ValueError(f"{path} is a .dns file (dns-export's compact model), not a checkpoint: dns-eval "
+                                 f"and dns.load read it; dns-train and dns-export take the .pt checkpoint it came from")
+    except OSError as e:
+        raise ValueError(f"{path} does not read ({e.strerror}): give a .pt file written by dns-train") from None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
@@ -71,13 +76,30 @@ def trained_dataset(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {key: dataset[key] for key in EVAL_DATASET_KEYS if key in dataset}
 
 
-def fill(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """`model.load_state_dict(state_dict)`, strict but for integer buffers the state may lack (BatchNorm's
-    num_batches_tracked, a count of training steps, which `.dns` files do not keep)."""
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+def misfit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None
+           ) -> str | None:
+    """Why `state_dict` (and `masks`) would not load into `model`, or None: tensors missing (but for integer
+    buffers such as BatchNorm's num_batches_tracked, which `.dns` files do not keep), unexpected, or of another
+    shape. Compares shapes only, so `model` may live on the meta device."""
     own = model.state_dict()
-    missing = [key for key in missing if own[key].is_floating_point()]
+    missing = [key for key, value in own.items() if key not in state_dict and value.is_floating_point()]
+    unexpected = [key for key in state_dict if key not in own]
     if missing or unexpected:
-        raise ValueError(f"the tensors do not fit the model: {len(missing)} missing ({', '.join(missing[:3])}), "
-                         f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+        return (f"the tensors do not fit the model: {len(missing)} missing ({', '.join(missing[:3])}), "
+                f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+    for kind, tensors in (("tensor", state_dict), ("mask", masks or {})):
+        for key, value in tensors.items():
+            if key not in own:
+                return f"the {kind} {key} belongs to no tensor of the model"
+            if tuple(value.shape) != tuple(own[key].shape):
+                return f"the {kind} {key} is {list(value.shape)}, but the model's is {list(own[key].shape)}"
+    return None
+
+
+def fill(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """`model.load_state_dict(state_dict)`, strict but for integer buffers the state may lack (`misfit`)."""
+    problem = misfit(model, state_dict)
+    if problem:
+        raise ValueError(problem)
+    model.load_state_dict(state_dict, strict=False)
     return model

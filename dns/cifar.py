@@ -130,20 +130,21 @@ def check_present(cfg: DatasetConfig) -> None:
                                 f"dataset.root to the folder holding {layout.folder}, or allow dataset.download=true")
 
 
-def check_cifar(cfg: DatasetConfig) -> None:
-    """FileNotFoundError (one line, naming what is missing or unsound, with the fix) unless every file reads."""
+def check_cifar(cfg: DatasetConfig) -> int:
+    """The number of training images; FileNotFoundError (one line, naming what is missing or unsound, with the
+    fix) unless every file reads."""
     check_present(cfg)
     layout, folder = CIFAR[cfg.name], cifar_folder(cfg)
-    for name in (*layout.train_files, *layout.test_files):
-        read_batch(folder / name, layout)
+    counts = [len(read_batch(folder / name, layout)[1]) for name in (*layout.train_files, *layout.test_files)]
     check_meta(folder / layout.meta_file, layout)
+    return sum(counts[:len(layout.train_files)])
 
 
-def prepare_cifar(cfg: DatasetConfig) -> None:
-    """Make sure every file is there and reads, downloading the set if allowed; FileNotFoundError (one line) if not."""
+def prepare_cifar(cfg: DatasetConfig) -> int:
+    """Make sure every file is there and reads, downloading the set if allowed; returns the number of training
+    images. FileNotFoundError (one line) if not."""
     try:
-        check_cifar(cfg)
-        return
+        return check_cifar(cfg)
     except FileNotFoundError:
         if not cfg.download:
             raise
@@ -154,7 +155,7 @@ def prepare_cifar(cfg: DatasetConfig) -> None:
         raise FileNotFoundError(f"{cfg.name} could not be read from {folder} and downloading it failed "
                                 f"({' '.join(str(e).split())}); set DNS_DATA or dataset.root to the folder "
                                 f"holding {folder.name}") from None
-    check_cifar(cfg)
+    return check_cifar(cfg)
 
 
 def read_split(cfg: DatasetConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

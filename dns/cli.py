@@ -22,7 +22,8 @@ from hydra.errors import MissingConfigException
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dns.config import ConfigError, register_configs, validate
+from dns.config import ConfigError, RunConfig, register_configs, validate
+from dns.rundir import RunDirError, RunLock, check_start, clear_run
 
 CONFIG_MODULE = "dns.conf"
 USAGE_ERROR = 2
@@ -36,6 +37,7 @@ def _train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    log = logging.getLogger("dns")
     try:
         report = run(validate(cfg), out_dir)
     except Stop as stop:
@@ -44,14 +46,16 @@ def _train(cfg: DictConfig) -> float | None:
             sys.exit(stop.exit_code)
         FAILED_JOBS.append(str(out_dir))
         return None
-    except Exception:
+    except Exception as e:  # a bug or a broken device: its report says failed; the traceback goes to train.log
+        log.exception("run failed: %s", out_dir)
+        print(f"dns-train: failed: {one_line(e)} (traceback in {out_dir / 'train.log'})", file=sys.stderr)
         if not sweeping:
-            raise
-        # one broken job must not hide the others: its report says failed, the sweep goes on
-        logging.getLogger("dns").exception("job failed: %s", out_dir)
-        FAILED_JOBS.append(str(out_dir))
+            sys.exit(1)
+        FAILED_JOBS.append(str(out_dir))  # one broken job must not hide the others: the sweep goes on
         return None
-    logging.getLogger("dns").info("report: %s", out_dir / "report.json")
+    for warning in report["warnings"]:  # e.g. a layer cut away: legal, but the user must see it
+        print(f"dns-train: warning: {out_dir}: {warning}", file=sys.stderr)
+    log.info("report: %s", out_dir / "report.json")
     return report["test"]["final_error"]  # the number a sweeper would minimise
 
 
@@ -64,6 +68,9 @@ def one_line(error: BaseException) -> str:
     parts = []
     while error is not None:
         first = str(error).strip().splitlines()
+        if first and first[0].startswith("Caught ") and "Original Traceback" in str(error):
+            # a DataLoader worker's error: its own message ("ValueError: ...") ends the traceback it carries
+            first = [first[-1].partition(": ")[2] or first[-1]]
         if first and first[0] not in parts:
             parts.append(first[0])
         error = error.__cause__
@@ -83,23 +90,33 @@ def job_overrides(args: list[str]) -> list[list[str]] | None:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def check_jobs(args: list[str]) -> None:
-    """Compose and validate the configuration of every job `args` would run; raise ConfigError if one is bad."""
+def check_jobs(args: list[str], directories: bool = True) -> list[tuple[Path, RunConfig]]:
+    """Compose and validate the configuration of every job `args` would run, and (with `directories`) check that
+    each may start in its run directory (`dns.rundir`); returns their run directories and configurations, or
+    raises ConfigError / RunDirError at the first bad one."""
     try:
         jobs = job_overrides(args)
     except Exception as e:  # Hydra's override grammar errors
         raise ConfigError(one_line(e)) from None
     if jobs is None:
-        return
+        return []
     sweeping = "-m" in args or "--multirun" in args
+    checked = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for number, overrides in enumerate(jobs):
             try:
                 cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-                run_dir = job_dir(cfg, number if sweeping else None)
+                try:  # the directory's name may use settings (${model.name}): if it fails, they say why first
+                    run_dir = job_dir(cfg, number if sweeping else None)
+                    sweep_dir = Path(cfg.hydra.sweep.dir) if sweeping else None
+                    naming_error = None
+                except Exception as e:
+                    naming_error = e
                 with open_dict(cfg):
                     del cfg["hydra"]
                 run = validate(cfg)
+                if naming_error is not None:
+                    raise naming_error
             except ConfigError:
                 raise
             except MissingConfigException as e:  # model=foo: name the choices (the schemas are not choices)
@@ -108,8 +125,12 @@ def check_jobs(args: list[str]) -> None:
                 raise ConfigError(f"unknown {group} {name!r}: use {group}=<{'|'.join(choices)}>") from None
             except Exception as e:  # unknown keys or groups, wrong types, missing values
                 raise ConfigError(one_line(e)) from None
+            if directories:
+                check_start(run_dir, run.resume, run.overwrite, sweep_dir)
             if run.resume:
                 check_resume(run, run_dir)
+            checked.append((run_dir, run))
+    return checked
 
 
 def job_dir(cfg: DictConfig, number: int | None) -> Path:
@@ -121,14 +142,11 @@ def job_dir(cfg: DictConfig, number: int | None) -> Path:
 
 
 def check_resume(run, run_dir: Path) -> None:
-    """resume=true needs an existing run directory whose checkpoint was made with the same settings."""
+    """resume=true goes on with a checkpoint only if it was made with the same settings."""
     from dataclasses import asdict
 
     from dns.checkpoint import load_checkpoint
 
-    if not run_dir.is_dir():
-        raise ConfigError(f"resume=true: there is no run directory {run_dir}; name the run to go on with "
-                          f"hydra.run.dir=DIR (or hydra.sweep.dir=DIR with -m)")
     latest = run_dir / "checkpoints" / "latest.pt"
     if not latest.is_file():
         return  # killed before its first checkpoint: the run starts over in the same directory
@@ -146,7 +164,7 @@ def check_resume(run, run_dir: Path) -> None:
 
 
 # Settings that do not change a run's result: the data may move, a resumed run may load it differently.
-RESUME_MAY_CHANGE = {"resume", "dataset.root", "dataset.workers", "checkpoint.every"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "dataset.root", "dataset.workers", "checkpoint.every"}
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -162,6 +180,28 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return found
 
 
+def take_run_dirs(run_dirs: list[Path]) -> list[RunLock]:
+    """Lock every run directory, or none: a refusal leaves no directory made here behind."""
+    locks: list[RunLock] = []
+    try:
+        for run_dir in run_dirs:
+            locks.append(RunLock(run_dir))
+    except RunDirError:
+        for lock in locks:
+            lock.release(remove=True)
+        raise
+    return locks
+
+
+def written(write, program: str, out: Path):
+    """Run `write` (which writes `out`); a failure (a read-only or full disk, a file where a folder should be)
+    ends the command with one line."""
+    try:
+        return write()
+    except OSError as e:
+        fail(program, f"cannot write {out}: {e.strerror or e}: give a writable path")
+
+
 def fail(program: str, message: str) -> None:
     print(f"{program}: error: {message}", file=sys.stderr)
     sys.exit(USAGE_ERROR)
@@ -174,6 +214,11 @@ def check_output(program: str, out: Path, source: str, force: bool, ours) -> Non
         fail(program, f"--out {out} is the input file: give another path")
     if out.is_dir():
         fail(program, f"--out {out} is a directory: give a file path")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        fail(program, f"--out {out}: {folder} is a file, not a folder: give another path")
     if out.exists() and not force and not ours(out):
         fail(program, f"--out {out} exists and is not a file {program} writes: give another path, or --force to "
                       f"overwrite it")
@@ -192,9 +237,14 @@ def main() -> None:
         if rank != 0:
             sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
-        check_jobs(sys.argv[1:])
-    except ConfigError as e:
+        jobs = check_jobs(sys.argv[1:], directories=rank == 0)
+        # every job's directory is this process's from now to its end (torchrun: rank 0's, for all ranks)
+        locks = take_run_dirs([run_dir for run_dir, _ in jobs]) if rank == 0 else []
+    except (ConfigError, RunDirError) as e:
         fail("dns-train", str(e))
+    for run_dir, run in jobs if rank == 0 else []:
+        if run.overwrite:
+            clear_run(run_dir)
     _train()
     if FAILED_JOBS:
         print(f"dns-train: {len(FAILED_JOBS)} job(s) failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
@@ -203,7 +253,7 @@ def main() -> None:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """dns-eval CHECKPOINT [--json] [--sparse] [dataset overrides]: test error and the per-layer table."""
-    from dns.checkpoint import load_checkpoint, model_of, trained_dataset
+    from dns.checkpoint import load_checkpoint, misfit, model_of, trained_dataset
     from dns.config import sample_shape
     from dns.data import prepare_dataset
     from dns.models import input_error
@@ -222,6 +272,10 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparse", action="store_true", help="evaluate with sparse fully connected layers "
                         "(dns.load(path, sparse=True)), as deployed on the CPU")
     args = parser.parse_intermixed_args(argv)
+    ignored = [o for o in args.overrides if not o.lstrip("+").startswith(("dataset.", "dataset="))]
+    if ignored:
+        fail("dns-eval", f"{ignored[0]}: dns-eval takes only the dataset's settings (dataset=NAME, dataset.KEY=VALUE);"
+                         f" the model and its masks come from the checkpoint")
     try:
         checkpoint = as_checkpoint(args.checkpoint) if is_dns_file(args.checkpoint) else load_checkpoint(args.checkpoint)
         overrides = list(args.overrides)
@@ -234,13 +288,20 @@ def eval_main(argv: list[str] | None = None) -> None:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             dataset = OmegaConf.to_object(compose(config_name="config", overrides=overrides)).dataset
         with torch.device("meta"):
-            misfit = input_error(model_of(checkpoint), sample_shape(dataset), dataset.num_classes, name=checkpoint["model"])
-        if misfit:
-            raise ValueError(f"{misfit}: give the dataset it was trained on, dataset=NAME")
+            model = model_of(checkpoint)
+        problem = misfit(model, checkpoint.get("state_dict") or {}, checkpoint.get("masks"))
+        if problem:
+            raise ValueError(f"{args.checkpoint}: {problem}")
+        wrong_input = input_error(model, sample_shape(dataset), dataset.num_classes, name=checkpoint["model"])
+        if wrong_input:
+            raise ValueError(f"{wrong_input}: give the dataset it was trained on, dataset=NAME")
         check_image_folder(dataset.root) if dataset.name == "imagenet" else prepare_dataset(dataset)
     except Exception as e:  # a bad file, missing data, or Hydra's composition errors
         fail("dns-eval", one_line(e))
-    report = evaluation_report(checkpoint, evaluator(dataset, torch.device("cpu")), dataset.name, sparse=args.sparse)
+    try:
+        report = evaluation_report(checkpoint, evaluator(dataset, torch.device("cpu")), dataset.name, sparse=args.sparse)
+    except ValueError as e:  # an image that does not decode
+        fail("dns-eval", one_line(e))
     print(json.dumps(report, indent=2) if args.json else markdown_table(report), end="\n" if args.json else "")
 
 
@@ -259,11 +320,19 @@ def import_caffe_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_output("dns-import-caffe", args.out, args.caffemodel, args.force, is_checkpoint)
     try:
-        _, layers = read_net(Path(args.caffemodel).read_bytes())
+        data = Path(args.caffemodel).read_bytes()
+    except OSError as e:
+        fail("dns-import-caffe", f"{args.caffemodel}: {e.strerror}")
+    try:
+        _, layers = read_net(data)
+    except CaffeFormatError as e:
+        fail("dns-import-caffe", f"{args.caffemodel} is not a binary .caffemodel ({one_line(e)}): give the "
+                                 f"weights file Caffe wrote, not a .prototxt, a .pt or a .dns file")
+    try:
         content = to_checkpoint(layers, args.model, str(args.caffemodel))
-    except (OSError, CaffeFormatError) as e:
+    except CaffeFormatError as e:
         fail("dns-import-caffe", f"{args.caffemodel}: {one_line(e)}")
-    save_checkpoint(args.out, **content)
+    written(lambda: save_checkpoint(args.out, **content), "dns-import-caffe", args.out)
     print(f"{args.caffemodel} -> {args.out} ({args.model})")
     print(f"{'layer':<7}{'caffe':<8}{'shape':<16}{'remaining':>26}{'c_rate':>8}{'iter_stop':>10}{'gamma':>8}{'power':>7}")
     for name, settings in content["layers"].items():
@@ -294,7 +363,14 @@ def report_main(argv: list[str] | None = None) -> None:
     if not runs:
         fail("dns-report", f"no run directories (report.json or .hydra/) under {' '.join(map(str, args.paths))}")
     root = Path(os.path.commonpath([p.resolve() for p in args.paths]))
-    files = write(runs, root, args.out or root)
+    for run in runs:
+        if run.status == "unreadable":
+            print(f"dns-report: warning: {run.path / 'report.json'} is truncated or of another schema: the run is "
+                  f"listed as unreadable", file=sys.stderr)
+    out = args.out or root
+    if out.exists() and not out.is_dir():
+        fail("dns-report", f"--out {out} is a file: give a directory for dns_report.{{md,csv,png}}")
+    files = written(lambda: write(runs, root, out), "dns-report", out)
     print(markdown(runs, root))
     print("written: " + ", ".join(str(p) for p in files.values()))
 
@@ -305,6 +381,7 @@ def export_main(argv: list[str] | None = None) -> None:
 
     from dns.checkpoint import fill, load_checkpoint, model_of
     from dns.export import dense_bytes, effective_state_dict, is_dns_file, save
+    from dns.files import write_atomically
 
     parser = argparse.ArgumentParser(prog="dns-export", description="Write a checkpoint's pruned model compactly "
                                      "(.dns: kept values with 8-bit relative indices) or as a dense state_dict.")
@@ -324,13 +401,13 @@ def export_main(argv: list[str] | None = None) -> None:
         if checkpoint.get("model"):  # a file that would not load is refused before it is written
             fill(model_of(checkpoint), weights)
     except Exception as e:  # not a checkpoint; tensors missing, unexpected or of the wrong shape
-        fail("dns-export", f"{args.checkpoint}: {one_line(e)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        message = one_line(e)
+        fail("dns-export", message if message.startswith(args.checkpoint) else f"{args.checkpoint}: {message}")
     if args.state_dict:
-        torch.save(weights, args.out)
+        written(lambda: write_atomically(args.out, lambda tmp: torch.save(weights, tmp)), "dns-export", args.out)
         print(f"{args.out}: dense state_dict of {checkpoint['model']}, {args.out.stat().st_size:,} bytes")
         return
-    size = save(checkpoint, args.out, "float16" if args.float16 else "float32")
+    size = written(lambda: save(checkpoint, args.out, "float16" if args.float16 else "float32"), "dns-export", args.out)
     dense = dense_bytes(checkpoint)
     print(f"{args.out}: {size:,} bytes, {dense / size:.1f}x smaller than the dense float32 weights ({dense:,} bytes)")
 

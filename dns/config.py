@@ -6,6 +6,8 @@ override time, and `validate` runs the range checks before any work (OmegaConf d
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -179,6 +181,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     method: Any = field(default_factory=MethodConfig)  # dns | han | gmp: a MethodConfig of METHODS (conf/method/)
     resume: bool = False  # go on from checkpoints/latest.pt of the run directory named by hydra.run.dir
+    overwrite: bool = False  # start afresh in a run directory that holds a run, removing what that run wrote
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # CUDA: bfloat16 autocast for the forward pass and the loss
@@ -203,6 +206,7 @@ LR_POLICIES = ("fixed", "inv", "step", "multistep")
 ANNEALS = ("none", "linear", "cosine")
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet")
 MNIST_LIKE = ("mnist", "fashion_mnist")
+MNIST_MARGIN = 4  # pixels between the 20x20 box MNIST centres each digit in and the edges of the 28x28 image
 
 
 def sample_shape(dataset: DatasetConfig) -> tuple[int, int, int]:
@@ -233,10 +237,12 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     from dns.data import prepare_dataset
     from dns.distributed import world
     from dns.imagenet import check_image_folder, holds_images
-    from dns.layers import per_layer
+    from dns.layers import per_layer, select_layers
     from dns.models import get_model, input_error, layer_kind, list_models, prunable_layers
     from dns.surgeon import surgery_phases
 
+    if isinstance(cfg, DictConfig):
+        check_keys(cfg)
     run: RunConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     s = run.surgery
 
@@ -244,11 +250,17 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         if not ok:
             raise ConfigError(message)
 
+    for key, value in numbers(run):
+        require(math.isfinite(value), f"{key}={value} is not a finite number: give one")
+
     require(run.model.name in list_models(),
             f"unknown model {run.model.name!r}: use model=<{'|'.join(list_models())}>")
     require(run.dataset.name in DATASETS, f"unknown dataset {run.dataset.name!r}: use dataset=<{'|'.join(DATASETS)}>")
     require(run.dataset.max_shift == 0 or run.dataset.name in MNIST_LIKE,
             f"dataset.max_shift moves MNIST-style images; {run.dataset.name} crops its own: drop the override")
+    require(run.dataset.max_shift <= MNIST_MARGIN,
+            f"dataset.max_shift={run.dataset.max_shift} moves digits off the image (MNIST centres them in 20x20, "
+            f"{MNIST_MARGIN} pixels from each edge of 28x28): give 0 to {MNIST_MARGIN}")
     require(run.optimizer.name in OPTIMIZERS, f"optimizer.name must be one of {', '.join(OPTIMIZERS)}")
     require(run.lr_policy.name in LR_POLICIES, f"lr_policy.name must be one of {', '.join(LR_POLICIES)}")
     require(run.finetune.anneal in ANNEALS,
@@ -283,6 +295,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             "lr_policy=multistep needs lr_policy.milestones, e.g. 'lr_policy.milestones=[32000,48000]'")
     require(run.device == "auto" or run.device == "cpu" or run.device.startswith("cuda"),
             f"device={run.device!r}: use auto, cpu, cuda or cuda:N")
+    if run.device.startswith("cuda"):
+        check_cuda(run.device)
     require(run.dataset.shuffle or run.dataset.name != "imagenet",
             "dataset.shuffle=false reads MNIST-style data in file order; imagenet is always shuffled: drop it")
     require(run.dataset.pixels in ("torchvision", "caffe"),
@@ -313,18 +327,25 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         per_layer("surgery.min_remaining_per_layer", s.min_remaining_per_layer, list(kinds))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    taken: dict[str, int] = {}  # layer -> the phase that operates on it
     for i, phase in enumerate(s.phases):
         where = f"surgery.phases[{i}]"
         for key, value in [("iters", phase.iters), ("iter_stop", phase.iter_stop), ("gamma", phase.gamma),
                            ("power", phase.power)]:
             require(value is None or value >= 0, f"{where}.{key}={value} is negative: give a value >= 0")
+        require(phase.iters > 0, f"{where} has no iterations: give each phase its own, e.g. "
+                                 f"surgery.phases=[{{layers:conv,iters:10000}},{{layers:fc,iters:10000}}]")
+        for name in select_layers(phase.layers, kinds, s.exclude, f"{where}.layers"):
+            require(name not in taken, f"{where} operates on {name} again (surgery.phases[{taken.get(name)}] "
+                                       f"does): phases run one after the other, each on layers of its own")
+            taken[name] = i
     if s.phases:
         s.iters = sum(phase.iters for phase in s.phases)
     require(not (run.amp or run.channels_last) or run.device.startswith("cuda")
             or (run.device == "auto" and torch.cuda.is_available()),
             "amp=true and channels_last=true need a CUDA device: drop them on CPU")
     if run.reference.checkpoint is not None:
-        adopt_checkpoint(run, kinds)
+        adopt_checkpoint(run, kinds, model)
     else:
         require(not run.reference.surgery_settings, "reference.surgery_settings=true needs reference.checkpoint")
     try:
@@ -337,14 +358,70 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                     f"{d.root}/train holds fewer images than a batch of dataset.batch_size={d.batch_size} for each "
                     f"of {processes} process(es): lower dataset.batch_size")
         else:
-            prepare_dataset(run.dataset)
+            size, processes = prepare_dataset(run.dataset), world()[1]
             if run.dataset.name in CIFAR:
                 classes = CIFAR[run.dataset.name].num_classes
                 require(run.dataset.num_classes >= classes, f"dataset.num_classes={run.dataset.num_classes}, but "
                         f"{run.dataset.name} has {classes} classes: set dataset.num_classes={classes}")
+            require(run.dataset.batch_size * processes <= size,
+                    f"dataset.batch_size={run.dataset.batch_size} is larger than the {size:,} training samples of "
+                    f"{run.dataset.name}{f' shared by {processes} processes' if processes > 1 else ''}: lower it")
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     return run
+
+
+def numbers(node: Any, key: str = "") -> list[tuple[str, float]]:
+    """(key, value) of every float setting in `node` (a config dataclass, or a dict or list of them)."""
+    if isinstance(node, float):
+        return [(key, node)]
+    if isinstance(node, list):
+        return [pair for i, value in enumerate(node) for pair in numbers(value, f"{key}[{i}]")]
+    if dataclasses.is_dataclass(node):
+        children = [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    elif isinstance(node, dict):
+        children = list(node.items())
+    else:
+        return []
+    return [pair for name, value in children for pair in numbers(value, f"{key}.{name}" if key else str(name))]
+
+
+def check_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """ConfigError for a key the schema does not have (added with +) or a setting deleted (with ~): OmegaConf
+    would drop the first and fill in the second silently."""
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return  # a {layer: value} dict: any layer name may be a key
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg.keys():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"{prefix}{key} is not a setting of dns-train{hint}: drop it or correct its name")
+    for name in names:
+        if name not in cfg:
+            raise ConfigError(f"{prefix}{name} was deleted (~{prefix}{name}), but every run needs it: drop the ~ "
+                              f"override")
+        value = cfg._get_node(name)
+        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+            check_keys(value, f"{prefix}{name}.")
+        elif isinstance(value, ListConfig) and not value._is_missing() and not value._is_none():
+            for i, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    check_keys(item, f"{prefix}{name}[{i}].")
+
+
+def check_cuda(device: str) -> None:
+    """ConfigError unless `device` (cuda or cuda:N) is there."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = device.partition(":")[2]
+    if not index.isdigit() and index:
+        raise ConfigError(f"device={device!r}: use auto, cpu, cuda or cuda:N")
+    if count == 0:
+        raise ConfigError(f"device={device}: this machine has no CUDA device (torch {torch.__version__}): use "
+                          f"device=cpu or device=auto")
+    if index and int(index) >= count:
+        raise ConfigError(f"device={device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 # settings of DNS alone: a baseline method refuses them changed, rather than run without them
@@ -408,9 +485,10 @@ def check_method(run: RunConfig) -> None:
         m.end = end
 
 
-def adopt_checkpoint(run: RunConfig, kinds: dict[str, str]) -> None:
-    """Check that reference.checkpoint fits the model; with surgery_settings, take its surgery settings."""
-    from dns.checkpoint import load_checkpoint
+def adopt_checkpoint(run: RunConfig, kinds: dict[str, str], model: torch.nn.Module) -> None:
+    """Check that reference.checkpoint fits the model (built on the meta device); with surgery_settings, take
+    its surgery settings."""
+    from dns.checkpoint import load_checkpoint, misfit
 
     path = run.reference.checkpoint
     if not os.path.isfile(path):
@@ -427,6 +505,9 @@ def adopt_checkpoint(run: RunConfig, kinds: dict[str, str]) -> None:
         differ = ", ".join(f"{k} {stored.get(k)} (config: {wanted.get(k)})" for k in wanted if stored.get(k) != wanted.get(k))
         raise ConfigError(f"reference.checkpoint's model differs from the config's: {differ}; pick the matching "
                           f"dataset and model settings or another checkpoint")
+    problem = misfit(model, checkpoint.get("state_dict") or {}, checkpoint.get("masks"))
+    if problem:
+        raise ConfigError(f"reference.checkpoint={path} does not fit {run.model.name}: {problem}")
     if not run.reference.surgery_settings:
         return
     trained_by = (checkpoint.get("config") or {}).get("method", {}).get("name", "dns")

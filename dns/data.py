@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,41 +25,86 @@ def raw_folder(cfg: DatasetConfig) -> Path:
     return Path(cfg.root) / TORCHVISION_CLASSES[cfg.name].__name__ / "raw"
 
 
-def prepare_dataset(cfg: DatasetConfig) -> None:
-    """Make sure the data is there, downloading it if allowed; FileNotFoundError (one line, with the fix) if not."""
+def prepare_dataset(cfg: DatasetConfig) -> int:
+    """Make sure the data is there and sound, downloading it if allowed; returns the number of training samples.
+    FileNotFoundError (one line, with the fix) if not."""
     if cfg.name in CIFAR:
         return prepare_cifar(cfg)
     folder = raw_folder(cfg)
     missing = [f for f in RAW_FILES if not (folder / f).is_file() and not (folder / f"{f}.gz").is_file()]
     if not missing:
-        for name in RAW_FILES:
-            if (folder / name).is_file():
-                check_idx_file(folder / name)
-        return
+        return check_mnist(folder)
     fix = f"set DNS_DATA or dataset.root to the folder holding {folder.parent.name}/raw"
     if not cfg.download:
         raise FileNotFoundError(f"{cfg.name} not found: {folder} lacks {', '.join(missing)}; {fix}, "
                                 f"or allow dataset.download=true")
+    made = [p for p in (folder, folder.parent, Path(cfg.root)) if not p.exists()]
     try:
         TORCHVISION_CLASSES[cfg.name](cfg.root, train=True, download=True)
     except Exception as e:  # no network, a full disk, ...
+        for path in made:  # the empty folders the failed download left
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         raise FileNotFoundError(f"{cfg.name} is not in {folder} and downloading it failed "
                                 f"({str(e).splitlines()[0]}); {fix}") from None
+    return check_mnist(folder)
 
 
-def check_idx_file(path: Path) -> None:
-    """FileNotFoundError (one line) if an IDX file's size disagrees with its header: truncated or corrupt."""
-    with open(path, "rb") as f:
-        header = f.read(4)
-        ndim = header[3] if len(header) == 4 else 0
-        dims = f.read(4 * ndim)
-    size = path.stat().st_size
-    if len(header) < 4 or header[:3] != b"\x00\x00\x08" or len(dims) < 4 * ndim:
-        raise FileNotFoundError(f"{path} is not an IDX file (bad header): replace it with the official file")
-    expected = 4 + 4 * ndim + math.prod(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+def idx_file(folder: Path, name: str) -> Path:
+    """The IDX file `name` in `folder`, as is or gzipped (how the official files come)."""
+    return folder / name if (folder / name).is_file() else folder / f"{name}.gz"
+
+
+def read_idx(path: Path, header_only: bool = False) -> tuple[list[int], torch.Tensor | None]:
+    """The dimensions and the uint8 array of an IDX file (gzipped if its name ends in .gz); with `header_only`
+    the array is None and an uncompressed file is not read. FileNotFoundError (one line) if it is unsound."""
+    def fault(reason: str) -> FileNotFoundError:
+        return FileNotFoundError(f"{path} {reason}: replace it with the official file")
+
+    try:
+        if path.suffix == ".gz":
+            data = gzip.decompress(path.read_bytes())
+        else:
+            with open(path, "rb") as f:
+                data = f.read(4 + 4 * 3) if header_only else f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise fault(f"does not read ({e})") from None
+    ndim = data[3] if len(data) >= 4 else 0
+    if len(data) < 4 + 4 * ndim or data[:3] != b"\x00\x00\x08" or ndim == 0:
+        raise fault("is not an IDX file of bytes (bad header)")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + math.prod(dims)
+    size = path.stat().st_size if header_only and path.suffix != ".gz" else len(data)
     if size != expected:
-        raise FileNotFoundError(f"{path} is truncated or corrupt ({size:,} bytes, its header says {expected:,}): "
-                                f"replace it with the official file")
+        raise fault(f"is truncated or corrupt ({size:,} bytes, its header says {expected:,})")
+    if header_only:
+        return dims, None
+    return dims, torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(dims)
+
+
+def check_mnist(folder: Path) -> int:
+    """Every IDX file sound, each split's images matching its labels, labels in 0-9, the training split the
+    larger; returns the number of training samples. FileNotFoundError (one line) otherwise."""
+    counts = {}
+    for split in ("train", "t10k"):
+        images, labels = idx_file(folder, f"{split}-images-idx3-ubyte"), idx_file(folder, f"{split}-labels-idx1-ubyte")
+        dims, _ = read_idx(images, header_only=True)
+        if len(dims) != 3 or dims[1:] != [28, 28]:
+            raise FileNotFoundError(f"{images} holds images of shape {dims[1:]}, not 28x28: replace it with the "
+                                    f"official file")
+        label_dims, values = read_idx(labels)
+        if len(label_dims) != 1 or label_dims[0] != dims[0]:
+            raise FileNotFoundError(f"{images.name} holds {dims[0]:,} images but {labels.name} {label_dims[0]:,} "
+                                    f"labels: replace them with the official files of one split")
+        wrong = (values >= 10).nonzero().flatten()
+        if len(wrong):
+            raise FileNotFoundError(f"{labels} holds {len(wrong):,} labels outside 0-9 (the first at index "
+                                    f"{int(wrong[0])}: {int(values[wrong[0]])}): replace it with the official file")
+        counts[split] = dims[0]
+    if counts["train"] < counts["t10k"]:
+        raise FileNotFoundError(f"{folder} holds fewer training samples ({counts['train']:,}) than test samples "
+                                f"({counts['t10k']:,}): are the train-* and t10k-* files swapped?")
+    return counts["train"]
 
 
 @dataclass
@@ -83,8 +130,10 @@ def load_split(cfg: DatasetConfig, train: bool) -> Split:
         layout = CIFAR[cfg.name]
         return Split(*load_cifar(cfg, train), mean=layout.mean, std=layout.std)
     prepare_dataset(cfg)
-    ds = TORCHVISION_CLASSES[cfg.name](cfg.root, train=train)
-    return Split(ds.data.unsqueeze(1).float().div_(256.0), ds.targets.long())
+    folder, split = raw_folder(cfg), "train" if train else "t10k"
+    _, images = read_idx(idx_file(folder, f"{split}-images-idx3-ubyte"))
+    _, labels = read_idx(idx_file(folder, f"{split}-labels-idx1-ubyte"))
+    return Split(images.unsqueeze(1).float().div_(256.0), labels.long())
 
 
 # stored images of a batch and the batches' generator -> augmented images, same shape and dtype

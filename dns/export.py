@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dns.masks import mask_state_dict, plain_state_dict
+from dns.files import write_atomically
 from dns.checkpoint import fill, load_checkpoint, model_of, trained_dataset
 from dns.models import prunable_layers
 from dns.sparse import SparseLinear, sparsify
@@ -97,9 +98,7 @@ def save(source: dict[str, Any] | nn.Module, path: str | Path, value_type: str =
     after its `remove()`); returns the file's size in bytes. `dns.load` reads it back."""
     checkpoint = checkpoint_of(source) if isinstance(source, nn.Module) else source
     data = to_bytes(checkpoint, value_type)
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))
     return len(data)
 
 
@@ -169,8 +168,11 @@ def as_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def is_dns_file(path: str | Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == MAGIC
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:  # no such file, a directory: not a .dns file (the reader that follows says what is wrong)
+        return False
 
 
 def dense_bytes(checkpoint: dict[str, Any]) -> int:

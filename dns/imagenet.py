@@ -35,6 +35,9 @@ def check_image_folder(root: str | Path) -> list[str]:
         if not classes[split]:
             raise FileNotFoundError(f"imagenet: {folder} has no class folders; sort its images into "
                                     f"{folder}/<class>/ folders named as in train/")
+        if not holds_images(folder, 1):
+            raise FileNotFoundError(f"imagenet: the class folders of {folder} hold no images ({', '.join(IMG_EXTENSIONS)})"
+                                    f"; put each class's images in {folder}/<class>/")
     only_train = sorted(set(classes["train"]) - set(classes["val"]))
     only_val = sorted(set(classes["val"]) - set(classes["train"]))
     if only_train or only_val:
@@ -83,6 +86,14 @@ def eval_transform(image_size: int = 227, resize_size: int = 256, pixels: str = 
                                *pixel_transform(pixels)])
 
 
+def read_image(path: str):
+    """ImageFolder's loader, naming the file that does not decode (a worker's error reaches the run's report)."""
+    try:
+        return datasets.folder.default_loader(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}): remove or replace it") from None
+
+
 class SeededSamples(Dataset):
     """An ImageFolder indexed by (index, seed): the sample's random transform draws from `seed` alone.
 
@@ -117,7 +128,8 @@ class ImageFolderBatches:
 
     def __init__(self, folder: str | Path, batch_size: int, seed: int, image_size: int = 227, workers: int = 4,
                  rank: int = 0, world_size: int = 1, pixels: str = "torchvision"):
-        self.samples = SeededSamples(datasets.ImageFolder(str(folder), transform=train_transform(image_size, pixels)))
+        self.samples = SeededSamples(datasets.ImageFolder(str(folder), transform=train_transform(image_size, pixels),
+                                                          loader=read_image))
         self.batch_size, self.seed, self.workers = batch_size, seed, workers
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = len(self.samples) // world_size // batch_size
@@ -166,5 +178,6 @@ class ImageFolderBatches:
 def eval_batches(folder: str | Path, batch_size: int, workers: int = 4, image_size: int = 227,
                  resize_size: int = 256, pixels: str = "torchvision") -> DataLoader:
     """Evaluation batches (images, labels) of an ImageFolder, in file order, centre-cropped; every sample once."""
-    dataset = datasets.ImageFolder(str(folder), transform=eval_transform(image_size, resize_size, pixels))
+    dataset = datasets.ImageFolder(str(folder), transform=eval_transform(image_size, resize_size, pixels),
+                                   loader=read_image)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

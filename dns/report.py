@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dns.files import write_atomically
+
 if TYPE_CHECKING:  # (dns.surgeon imports this module)
     from dns.surgeon import LayerState, Surgeon
 
@@ -255,9 +257,7 @@ def _mark_stages(ax, rows: list[dict[str, Any]]) -> None:
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2, default=str) + "\n"))
 
 
 def write_reports(out_dir: Path, report: dict[str, Any]) -> None:

@@ -18,12 +18,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dns import paper
+from dns.files import write_atomically
 
 
 @dataclass
 class Run:
     path: Path
-    status: str  # completed | interrupted | failed (from report.json) | incomplete (no report.json)
+    status: str  # completed | interrupted | failed (from report.json) | incomplete (no report.json) | unreadable
     report: dict[str, Any] | None
     overrides: list[str]
 
@@ -64,6 +65,22 @@ def is_run_dir(path: Path) -> bool:
     return (path / "report.json").is_file() or (path / ".hydra").is_dir()
 
 
+REPORT_KEYS = {"model", "dataset", "status", "config", "layers", "total", "test"}  # what the tables read
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A run's report.json, or None if it is truncated, not JSON, or of another schema (its run is listed as
+    unreadable; one bad file must not block the report of the others)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not REPORT_KEYS <= report.keys() or not isinstance(report["test"], dict) \
+            or report["status"] not in ("completed", "interrupted", "failed"):
+        return None
+    return report
+
+
 def find_runs(paths: list[Path]) -> list[Run]:
     """Every run directory at or below `paths`, in path order."""
     found: list[Path] = []
@@ -74,10 +91,13 @@ def find_runs(paths: list[Path]) -> list[Run]:
             (p for p in path.rglob("*") if p.is_dir() and is_run_dir(p)), key=_natural)
     runs = []
     for path in dict.fromkeys(found):
-        report = json.loads((path / "report.json").read_text()) if (path / "report.json").is_file() else None
-        overrides_file = path / ".hydra" / "overrides.yaml"
-        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        runs.append(Run(path, report["status"] if report else "incomplete", report, [str(o) for o in overrides]))
+        report = read_report(path / "report.json") if (path / "report.json").is_file() else None
+        try:
+            overrides = [str(o) for o in OmegaConf.load(path / ".hydra" / "overrides.yaml")]
+        except Exception:  # none (a run of dns.train.run, not dns-train), or not Hydra's
+            overrides = []
+        status = "incomplete" if not (path / "report.json").is_file() else report["status"] if report else "unreadable"
+        runs.append(Run(path, status, report, overrides))
     return runs
 
 
@@ -321,17 +341,16 @@ def plot(runs: list[Run], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
 def write(runs: list[Run], root: Path, out_dir: Path) -> dict[str, Path]:
     """dns_report.md, dns_report.csv and (with completed runs) dns_report.png in `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {"md": out_dir / "dns_report.md", "csv": out_dir / "dns_report.csv"}
-    files["md"].write_text(markdown(runs, root))
-    write_csv(files["csv"], sweep_rows(runs, root))
+    write_atomically(files["md"], lambda tmp: tmp.write_text(markdown(runs, root)))
+    write_atomically(files["csv"], lambda tmp: write_csv(tmp, sweep_rows(runs, root)))
     if any(r.completed for r in runs):
         files["png"] = out_dir / "dns_report.png"
-        plot(runs, files["png"])
+        write_atomically(files["png"], lambda tmp: plot(runs, tmp))
     return files

@@ -21,10 +21,14 @@ def data_root() -> Path:
     return root
 
 
+def console_argv(program: str, *args: str) -> list[str]:
+    """The installed console script `program` (beside this interpreter, else on PATH) with `args`."""
+    exe = Path(sys.executable).with_name(program)
+    return [str(exe) if exe.exists() else program, *args]
+
+
 def dns_train_argv(*args: str) -> list[str]:
-    """The installed `dns-train` (beside this interpreter, else on PATH) with `args`."""
-    exe = Path(sys.executable).with_name("dns-train")
-    return [str(exe) if exe.exists() else "dns-train", *args]
+    return console_argv("dns-train", *args)
 
 
 CLASSES = ("n01440764", "n01443537", "n01484850")

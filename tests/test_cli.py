@@ -1,9 +1,13 @@
 """dns-train as users run it: the installed console script, in a fresh working directory."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
+
+from conftest import console_argv
 
 QUICK = ["model=lenet300", "reference.iters=300", "surgery.iters=300", "finetune.iters=100",
          "eval_every=100", "log_every=50"]
@@ -25,11 +29,34 @@ def bad_files(tmp_path_factory, data_root):
     from omegaconf import OmegaConf
     from PIL import Image
 
+    import dns
     import dns.cli  # noqa: F401  (registers the config schemas)
     from dns.models import get_model
 
     root = tmp_path_factory.mktemp("bad")
     (root / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    lenet5 = get_model("lenet5").state_dict()
+    save_checkpoint(root / "misfit.pt", model="lenet5", num_classes=10,  # fc1 of another width
+                    state_dict={**lenet5, "fc1.weight": torch.zeros(400, 800)})
+    dns.save(get_model("lenet300"), root / "model.dns")
+    (root / "foreign").mkdir()  # a user's folder, no run of ours
+    (root / "foreign" / "report.md").write_text("my notes\n")
+    (root / "foreign" / "history.csv").write_text("a,b\n1,2\n")
+    (root / "notes").mkdir()
+    (root / "notes" / "notes.txt").write_text("syntax = \"proto2\";\n")
+    (root / "sweep" / "1" / ".hydra").mkdir(parents=True)  # job 1 of a sweep that ran before
+    real = data_root / "MNIST" / "raw"
+    for folder, replaced in (("swapped", {"train-images-idx3-ubyte": real / "t10k-images-idx3-ubyte"}),
+                             ("badlabels", {})):
+        raw = root / folder / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                     "t10k-labels-idx1-ubyte"):
+            (raw / name).symlink_to(replaced.get(name, real / name))
+    labels = bytearray((real / "train-labels-idx1-ubyte").read_bytes())
+    labels[8 + 100:8 + 110] = bytes([12] * 10)  # ten labels out of 0-9 among 60,000
+    (root / "badlabels" / "MNIST" / "raw" / "train-labels-idx1-ubyte").unlink()
+    (root / "badlabels" / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(labels)
     (root / "truncated.pt").write_bytes((data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()[:99])
     save_checkpoint(root / "lenet300.pt", model="lenet300", num_classes=10,
                     state_dict=get_model("lenet300").state_dict())
@@ -38,10 +65,13 @@ def bad_files(tmp_path_factory, data_root):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         (raw / name).symlink_to(data_root / "MNIST" / "raw" / name)
     (raw / "t10k-labels-idx1-ubyte").write_bytes((data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()[:5000])
-    for split in ("train", "val"):  # an ImageFolder of two classes, one image each
+    for split in ("train", "val"):  # an ImageFolder of two classes, one image each; and one whose val/ has none
         for name in ("n01440764", "n01443537"):
             (root / "imagenet" / split / name).mkdir(parents=True)
             Image.new("RGB", (32, 32)).save(root / "imagenet" / split / name / "a.JPEG")
+            (root / "imagenet_noval" / split / name).mkdir(parents=True)
+            if split == "train":
+                Image.new("RGB", (32, 32)).save(root / "imagenet_noval" / split / name / "a.JPEG")
     # a run directory whose checkpoint was made with surgery.c=2
     with initialize_config_module(config_module="dns.conf", version_base="1.3"):
         saved = asdict(OmegaConf.to_object(compose(config_name="config", overrides=["surgery.c=2"])))
@@ -89,7 +119,8 @@ BAD_INPUT = [
     (["method=gmp", "surgery.splice=false"], "surgery.splice is a setting of DNS; method=gmp does not use it"),
     (["method=han", "surgery.lr=0.01"], "method=han retrains at method.lr"),
     (["method=han", "surgery.iters=500"], "surgery.iters=500, but method=han runs method.rounds × method.round_iters"),
-    (["method=han", "method.quality=nan"], "method.quality=nan must be a finite number >= 0.0"),
+    (["method=han", "method.quality=nan"], "method.quality=nan is not a finite number"),
+    (["method=han", "method.quality=-1"], "method.quality=-1.0 must be a finite number >= 0.0"),
     (["method=han", "method.quality=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
     (["method=han", "method.rounds=0"], "method.rounds=0 must be >= 1"),
     (["method=han", "method.quality_per_layer={fc9:2}"], "method.quality_per_layer: 'fc9' matches no layer"),
@@ -142,19 +173,123 @@ BAD_INPUT = [
     (["experiment=paper_alexnet", "dataset.root={files}/imagenet"], "bvlc_alexnet.pt: no such file"),
     (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet", "dataset.shuffle=false"],
      "dataset.shuffle=false reads MNIST-style data in file order; imagenet is always shuffled"),
+    # numbers that are no numbers
+    (["surgery.c=nan"], "surgery.c=nan is not a finite number"),
+    (["surgery.c=-inf"], "surgery.c=-inf is not a finite number"),
+    (["surgery.gamma=inf"], "surgery.gamma=inf is not a finite number"),
+    (["surgery.power=nan"], "surgery.power=nan is not a finite number"),
+    (["surgery.min_remaining=nan"], "surgery.min_remaining=nan is not a finite number"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is not a finite number"),
+    (["optimizer.momentum=nan"], "optimizer.momentum=nan is not a finite number"),
+    (["finetune.lr=inf"], "finetune.lr=inf is not a finite number"),
+    (["lr_policy.gamma=nan"], "lr_policy.gamma=nan is not a finite number"),
+    (["surgery.c_per_layer={fc1:nan}"], "surgery.c_per_layer.fc1=nan is not a finite number"),
+    (["surgery.phases=[{layers:conv,iters:10,c:inf}]"], "surgery.phases[0].c=inf is not a finite number"),
+    (["method=gmp", "method.final_sparsity=nan"], "method.final_sparsity=nan is not a finite number"),
+    # selections and phases that operate on nothing, or twice
+    (["model=lenet300", "surgery.layers=conv"], "surgery.layers minus surgery.exclude leaves no layer"),
+    (["surgery.layers=[]"], "surgery.layers minus surgery.exclude leaves no layer"),
+    (["model=lenet300", "surgery.exclude=[fc]"], "surgery.layers minus surgery.exclude leaves no layer"),
+    (["surgery.phases=[{layers:conv}]"], "surgery.phases[0] has no iterations"),
+    (["surgery.phases=[{layers:conv,iters:0},{layers:fc,iters:10}]"], "surgery.phases[0] has no iterations"),
+    (["surgery.phases=[{layers:conv,iters:10},{layers:all,iters:10}]"],
+     "surgery.phases[1] operates on conv1 again (surgery.phases[0] does)"),
+    # data settings that cannot hold
+    (["dataset.batch_size=60001"], "dataset.batch_size=60001 is larger than the 60,000 training samples of mnist"),
+    (["dataset.max_shift=5"], "dataset.max_shift=5 moves digits off the image"),
+    (["dataset.root={files}/swapped", "dataset.download=false"],
+     "train-images-idx3-ubyte holds 10,000 images but train-labels-idx1-ubyte 60,000 labels"),
+    (["dataset.root={files}/badlabels", "dataset.download=true"],
+     "train-labels-idx1-ubyte holds 10 labels outside 0-9 (the first at index 100: 12)"),
+    (["model=alexnet", "dataset=imagenet", "dataset.root={files}/imagenet_noval", "dataset.num_classes=2"],
+     "imagenet: the class folders of {files}/imagenet_noval/val hold no images"),
+    # keys that do not exist, settings deleted
+    (["+surgery.c_rate=5"], "surgery.c_rate is not a setting of dns-train"),
+    (["+surgery.marginn=0.2"], "surgery.marginn is not a setting of dns-train (did you mean surgery.margin?)"),
+    (["+foo=1"], "foo is not a setting of dns-train"),
+    (["~surgery"], "surgery was deleted (~surgery), but every run needs it"),
+    (["~model"], "model was deleted (~model), but every run needs it"),
+    # devices that are not there
+    pytest.param(["device=cuda"], "device=cuda: this machine has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there")),
+    pytest.param(["device=cuda:7"], "device=cuda:7: this machine has",
+                 marks=pytest.mark.skipif(torch.cuda.device_count() > 7, reason="cuda:7 is there")),
+    (["device=gpu"], "device='gpu': use auto, cpu, cuda or cuda:N"),
+    # checkpoints that do not fit
+    (["reference.checkpoint={files}/misfit.pt"],
+     "does not fit lenet5: the tensor fc1.weight is [400, 800], but the model's is [500, 800]"),
+    (["reference.checkpoint={files}/model.dns"], "model.dns is a .dns file (dns-export's compact model), not a "
+                                                 "checkpoint: dns-eval and dns.load read it"),
+    # run directories that are not free
+    (["hydra.run.dir={files}/garbage.pt"], "{files}/garbage.pt is a file, not a directory"),
+    (["hydra.run.dir={files}/garbage.pt/run"], "cannot write into the run directory {files}/garbage.pt/run"),
+    (["hydra.run.dir={files}/run"], "{files}/run already holds a run (unfinished): go on with it with resume=true"),
+    (["hydra.run.dir={files}/foreign"], "{files}/foreign is not empty (it holds history.csv, report.md)"),
+    (["resume=true", "hydra.run.dir={files}/foreign"], "resume=true: {files}/foreign holds no run of dns-train"),
+    (["resume=true", "hydra.run.dir={files}/notes"], "resume=true: {files}/notes holds no run of dns-train"),
+    (["resume=true", "overwrite=true", "hydra.run.dir={files}/run"], "overwrite=true replaces it: drop one of them"),
+    (["-m", "surgery.c=1,2", "hydra.sweep.dir={files}/sweep"], "{files}/sweep/1 already holds a run"),
+    (["-m", "surgery.c=1,2", "resume=true", "hydra.sweep.dir=/nonexistent/sweep"],
+     "resume=true: there is no sweep directory /nonexistent/sweep"),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(dns_train, tmp_path, bad_files, args, message):
-    before = sorted(bad_files.rglob("*"))
-    result = dns_train(*(a.replace("{files}", str(bad_files)) for a in args))
+@pytest.mark.parametrize("args, message", BAD_INPUT,
+                         ids=[" ".join(case.values[0] if hasattr(case, "values") else case[0]) for case in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(data_root, tmp_path, bad_files, args, message):
+    assert_refused("dns-train", args, message, bad_files, tmp_path, {**os.environ, "DNS_DATA": str(data_root)})
+
+
+def assert_refused(program: str, args: list[str], message: str, files, cwd, env=None) -> None:
+    """`program` with `args` ({files}: `files`, {cwd}: `cwd`) exits 2 with one line holding `message`, and
+    writes nothing: `cwd` stays empty (no run directory, no outputs/), and nothing in `files` changes."""
+    def filled(text: str) -> str:
+        return text.replace("{files}", str(files)).replace("{cwd}", str(cwd))
+
+    def snapshot():
+        return {p: p.read_bytes() if p.is_file() and not p.is_symlink() else None for p in files.rglob("*")}
+
+    before = snapshot()
+    result = subprocess.run(console_argv(program, *map(filled, args)), cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    message = message.replace("{files}", str(bad_files))
-    assert len(lines) == 1 and lines[0].startswith("dns-train: error: ") and message in lines[0], result.stderr
-    assert list(tmp_path.iterdir()) == []  # no run directory, no outputs/
-    assert sorted(bad_files.rglob("*")) == before  # nor anything beside the files it was given
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: ") and filled(message) in lines[0], result.stderr
+    assert list(cwd.iterdir()) == []
+    assert snapshot() == before
+
+
+# the other commands: (program, arguments, the one line); {files}: bad_files, {cwd}: the empty working directory
+OTHER_BAD_INPUT = [
+    ("dns-eval", ["{files}/misfit.pt"], "the tensor fc1.weight is [400, 800], but the model's is [500, 800]"),
+    ("dns-eval", ["{files}/lenet300.pt", "surgery.c=3"], "surgery.c=3: dns-eval takes only the dataset's settings"),
+    ("dns-eval", ["{files}/nothere.pt"], "{files}/nothere.pt does not read (No such file or directory)"),
+    ("dns-eval", ["{files}/garbage.pt"], "garbage.pt is not a readable checkpoint"),
+    ("dns-eval", ["{files}"], "{files} does not read (Is a directory)"),
+    ("dns-export", ["{files}/model.dns", "--out", "{cwd}/x.dns"], "model.dns is a .dns file"),
+    ("dns-export", ["{files}/misfit.pt", "--out", "{cwd}/x.dns"], "the tensor fc1.weight is [400, 800]"),
+    ("dns-export", ["{files}/lenet300.pt", "--out", "{files}/garbage.pt/x.dns"],
+     "--out {files}/garbage.pt/x.dns: {files}/garbage.pt is a file, not a folder"),
+    ("dns-export", ["{files}/lenet300.pt", "--out", "{files}"], "--out {files} is a directory"),
+    ("dns-export", ["{files}/lenet300.pt", "--out", "{files}/lenet300.pt"], "is the input file"),
+    ("dns-import-caffe", ["{files}/lenet300.pt", "--model", "lenet5", "--out", "{cwd}/x.pt"],
+     "lenet300.pt is not a binary .caffemodel"),
+    ("dns-import-caffe", ["{files}/notes/notes.txt", "--model", "lenet5", "--out", "{cwd}/x.pt"],
+     "notes.txt is not a binary .caffemodel"),
+    ("dns-import-caffe", ["{files}/nothere.caffemodel", "--model", "lenet5", "--out", "{cwd}/x.pt"],
+     "nothere.caffemodel: No such file or directory"),
+    ("dns-import-caffe", ["{files}/garbage.pt", "--model", "lenet5", "--out", "{files}/notes"], "is a directory"),
+    ("dns-report", ["{files}/nothere"], "{files}/nothere is not a directory"),
+    ("dns-report", ["{files}/notes"], "no run directories (report.json or .hydra/) under {files}/notes"),
+    ("dns-report", ["{files}/sweep", "--out", "{files}/garbage.pt"], "--out {files}/garbage.pt is a file"),
+]
+
+
+@pytest.mark.parametrize("program, args, message", OTHER_BAD_INPUT,
+                         ids=[" ".join([p, *a]) for p, a, _ in OTHER_BAD_INPUT])
+def test_bad_input_to_the_other_commands_is_one_line_exit_2_and_writes_nothing(tmp_path, bad_files, program, args,
+                                                                              message):
+    assert_refused(program, args, message, bad_files, tmp_path)
 
 
 def test_a_short_run_on_real_mnist_writes_every_report(dns_train, tmp_path):

@@ -183,3 +183,17 @@ def test_alexnet_runs_end_to_end_on_an_image_folder(image_folder, dns_train, tmp
     assert "| AlexNet | dns | paper (Guo et al. 2016) | 43.42 % | 43.09 % | 19.99 % | 60,965,224 |" in tables.stdout
     assert (f"| AlexNet | dns | run | {100 * test['reference_error']:.2f} % | {100 * test['final_error']:.2f} % | 0.00 % |"
             in tables.stdout)
+
+
+def test_an_image_that_does_not_decode_fails_the_run_with_one_line(image_folder, dns_train, tmp_path):
+    broken = image_folder / "train" / CLASSES[1] / "broken.JPEG"
+    broken.write_bytes(b"\xff\xd8 not a JPEG after all")
+    result = dns_train("model=alexnet", "dataset=imagenet", f"dataset.root={image_folder}", "dataset.num_classes=3",
+                       "dataset.batch_size=13", "dataset.workers=1", "reference.iters=1", "surgery.iters=0",
+                       "finetune.iters=0", "hydra.run.dir=run")  # 13: every training image, in one batch
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"dns-train: failed: {broken} is not a readable image (UnidentifiedImageError): remove or replace it "
+        f"(traceback in {tmp_path / 'run' / 'train.log'})"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "failed" and f"{broken} is not a readable image" in report["error"]
