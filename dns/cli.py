@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -90,19 +91,24 @@ def job_overrides(args: list[str]) -> list[list[str]] | None:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def check_jobs(args: list[str], directories: bool = True) -> list[tuple[Path, RunConfig]]:
+def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Path, RunConfig]], list[str]]:
     """Compose and validate the configuration of every job `args` would run, and (with `directories`) check that
-    each may start in its run directory (`dns.rundir`); returns their run directories and configurations, or
-    raises ConfigError / RunDirError at the first bad one."""
+    each may start in its run directory (`dns.rundir`); returns their run directories and configurations, and
+    `args` with that directory pinned (the default names hold the time: Hydra must not name it a second later).
+    Raises ConfigError / RunDirError at the first bad job."""
     try:
         jobs = job_overrides(args)
     except Exception as e:  # Hydra's override grammar errors
         raise ConfigError(one_line(e)) from None
     if jobs is None:
-        return []
+        return [], args
     sweeping = "-m" in args or "--multirun" in args
-    checked = []
+    checked: list[tuple[Path, RunConfig]] = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        pin = pinned_directory(jobs[0], sweeping)
+        if pin is not None:
+            args = pinned(args, pin)
+            jobs = [pinned(job, pin) for job in jobs]
         for number, overrides in enumerate(jobs):
             try:
                 cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
@@ -125,20 +131,45 @@ def check_jobs(args: list[str], directories: bool = True) -> list[tuple[Path, Ru
                 raise ConfigError(f"unknown {group} {name!r}: use {group}=<{'|'.join(choices)}>") from None
             except Exception as e:  # unknown keys or groups, wrong types, missing values
                 raise ConfigError(one_line(e)) from None
+            shared = [n for n, (other, _) in enumerate(checked) if other == run_dir]
+            if shared:
+                raise ConfigError(f"jobs {shared[0]} and {number} of the sweep would share the run directory "
+                                  f"{run_dir}: give hydra.sweep.subdir a value per job, e.g. ${{hydra.job.num}}")
             if directories:
                 check_start(run_dir, run.resume, run.overwrite, sweep_dir)
             if run.resume:
                 check_resume(run, run_dir)
             checked.append((run_dir, run))
-    return checked
+    return checked, args
+
+
+def pinned_directory(overrides: list[str], sweeping: bool) -> str | None:
+    """The override that fixes the run (or sweep) directory to its name now, or None if it does not resolve
+    (the checks of the job then say why)."""
+    key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
+    try:
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        path = str(OmegaConf.select(cfg, key))
+    except Exception:
+        return None
+    if not re.fullmatch(r"[\w./~+-]+", path):  # quoted for Hydra's override grammar
+        path = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={path}"
+
+
+def pinned(args: list[str], pin: str) -> list[str]:
+    """`args` with `pin` in place of any override of the same key."""
+    key = pin.split("=", 1)[0] + "="
+    return [a for a in args if not a.lstrip("+").startswith(key)] + [pin]
 
 
 def job_dir(cfg: DictConfig, number: int | None) -> Path:
     """The run directory Hydra will give a job: hydra.run.dir, or job `number`'s folder of the sweep."""
     if number is None:
         return Path(cfg.hydra.run.dir)
-    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
-    return Path(cfg.hydra.sweep.dir) / (str(number) if subdir == "${hydra.job.num}" else subdir)
+    with open_dict(cfg):
+        cfg.hydra.job.num = number
+    return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
 
 
 def check_resume(run, run_dir: Path) -> None:
@@ -187,7 +218,7 @@ def take_run_dirs(run_dirs: list[Path]) -> list[RunLock]:
         for run_dir in run_dirs:
             locks.append(RunLock(run_dir))
     except RunDirError:
-        for lock in locks:
+        for lock in reversed(locks):  # the last made first: a sweep's folder empties before it is taken back
             lock.release(remove=True)
         raise
     return locks
@@ -237,9 +268,9 @@ def main() -> None:
         if rank != 0:
             sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
-        jobs = check_jobs(sys.argv[1:], directories=rank == 0)
-        # every job's directory is this process's from now to its end (torchrun: rank 0's, for all ranks)
-        locks = take_run_dirs([run_dir for run_dir, _ in jobs]) if rank == 0 else []
+        jobs, sys.argv[1:] = check_jobs(sys.argv[1:], directories=rank == 0)
+        if rank == 0:  # every job's directory is this process's from now to its end (torchrun: for all ranks);
+            take_run_dirs([run_dir for run_dir, _ in jobs])  # the locks' descriptors stay open until then
     except (ConfigError, RunDirError) as e:
         fail("dns-train", str(e))
     for run_dir, run in jobs if rank == 0 else []:

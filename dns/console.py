@@ -15,8 +15,8 @@ def _command(program: str, function: str):
             getattr(importlib.import_module("dns.cli"), function)()
             sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         except KeyboardInterrupt:  # before (or after) a run's own handler, which saves a checkpoint, is in place
-            print(f"{program}: interrupted{' while starting, before any checkpoint' if program == 'dns-train' else ''}",
-                  file=sys.stderr)
+            print(f"{program}: interrupted" + (" before a checkpoint: run the same command again, with resume=true if "
+                  "its run directory was made" if program == "dns-train" else ""), file=sys.stderr)
             sys.exit(128 + signal.SIGINT)
         except BrokenPipeError:  # the reader is gone; what was to be written is written (Python's advice)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -62,11 +62,8 @@ def read_idx(path: Path, header_only: bool = False) -> tuple[list[int], torch.Te
         return FileNotFoundError(f"{path} {reason}: replace it with the official file")
 
     try:
-        if path.suffix == ".gz":
-            data = gzip.decompress(path.read_bytes())
-        else:
-            with open(path, "rb") as f:
-                data = f.read(4 + 4 * 3) if header_only else f.read()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read(4 + 4 * 3) if header_only else f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise fault(f"does not read ({e})") from None
     ndim = data[3] if len(data) >= 4 else 0
@@ -74,7 +71,9 @@ def read_idx(path: Path, header_only: bool = False) -> tuple[list[int], torch.Te
         raise fault("is not an IDX file of bytes (bad header)")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     expected = 4 + 4 * ndim + math.prod(dims)
-    size = path.stat().st_size if header_only and path.suffix != ".gz" else len(data)
+    if header_only and path.suffix == ".gz":
+        return dims, None  # its size is known only once it is all read (and gzip's checksum checked): at loading
+    size = path.stat().st_size if header_only else len(data)
     if size != expected:
         raise fault(f"is truncated or corrupt ({size:,} bytes, its header says {expected:,})")
     if header_only:

@@ -14,6 +14,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        open(tmp, "wb").close()  # an unwritable place fails here, with an OSError, whatever `write` would raise
         write(tmp)
         os.replace(tmp, path)
     except BaseException:

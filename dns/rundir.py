@@ -2,7 +2,7 @@
 starting in one, so that no run replaces, or mixes with, the results of another.
 
 - A new run starts in a directory that does not exist or is empty; one holding a run is refused (resume=true goes
-  on with it, overwrite=true replaces it).
+  on with it, overwrite=true replaces it); a non-empty one holding no run is refused, overwrite=true or not.
 - resume=true goes on from checkpoints/latest.pt, or starts over in a directory of a run killed before its first
   checkpoint; a directory of anything else is refused. In a sweep, a job that never started simply starts.
 - The process that runs in a directory holds an exclusive lock on its LOCK file (flock: the kernel drops it when
@@ -50,13 +50,14 @@ class RunLock:
     """The exclusive lock on a run directory (created if missing), held until `release` or the process ends."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.made = run_dir, not run_dir.exists()
+        self.run_dir = run_dir
+        self.made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # what release(remove) takes back
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RunDirError(f"cannot write into the run directory {run_dir} ({e.strerror}): give a writable "
-                              f"hydra.run.dir") from None
+                              f"one ({WHERE})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -65,6 +66,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd: int | None = fd
+        # a forked child (a DataLoader worker) shares the lock; closing its copy lets the lock go with this process
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def release(self, remove: bool = False) -> None:
         """Let the directory go; `remove`: and take back the lock file, and the directory if this lock made it."""
@@ -72,15 +80,18 @@ class RunLock:
             return
         if remove:
             (self.run_dir / LOCK).unlink(missing_ok=True)
-            if self.made and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()
+            for path in self.made:  # the run directory first, then the parents made for it
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
         os.close(self.fd)  # closing drops the flock
         self.fd = None
 
 
+WHERE = "hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m"
+
+
 def busy(run_dir: Path, pid: int | None) -> str:
-    return (f"{run_dir} is in use by a running dns-train (pid {pid}): wait for it to end, or give another "
-            f"hydra.run.dir")
+    return f"{run_dir} is in use by a running dns-train (pid {pid}): wait for it to end, or give another ({WHERE})"
 
 
 def run_state(run_dir: Path) -> str:
@@ -116,7 +127,7 @@ def check_start(run_dir: Path, resume: bool, overwrite: bool, sweep_dir: Path | 
             raise RunDirError(f"resume=true: {run_dir} holds no run of dns-train (no checkpoints/latest.pt; it "
                               f"holds {listing(others or names)}): name the directory of the run to go on with")
         return  # with no checkpoint (killed before its first one), the run starts over in the same directory
-    if overwrite or not names:
+    if not names or (overwrite and is_run):
         return
     if is_run:
         raise RunDirError(f"{run_dir} already holds a run ({run_state(run_dir)}): go on with it with resume=true, "

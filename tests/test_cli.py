@@ -38,7 +38,10 @@ def bad_files(tmp_path_factory, data_root):
     lenet5 = get_model("lenet5").state_dict()
     save_checkpoint(root / "misfit.pt", model="lenet5", num_classes=10,  # fc1 of another width
                     state_dict={**lenet5, "fc1.weight": torch.zeros(400, 800)})
+    save_checkpoint(root / "missing.pt", model="lenet5", num_classes=10,  # a parameter left out
+                    state_dict={k: v for k, v in lenet5.items() if k != "fc2.bias"})
     dns.save(get_model("lenet300"), root / "model.dns")
+    (root / "lenet5.caffemodel").symlink_to(next((data_root / "dns-caffe" / "lenet5").glob("*.caffemodel")))
     (root / "foreign").mkdir()  # a user's folder, no run of ours
     (root / "foreign" / "report.md").write_text("my notes\n")
     (root / "foreign" / "history.csv").write_text("a,b\n1,2\n")
@@ -218,11 +221,14 @@ BAD_INPUT = [
     # checkpoints that do not fit
     (["reference.checkpoint={files}/misfit.pt"],
      "does not fit lenet5: the tensor fc1.weight is [400, 800], but the model's is [500, 800]"),
+    (["reference.checkpoint={files}/missing.pt"], "does not fit lenet5: the tensors do not fit the model: 1 missing "
+                                                  "(fc2.bias)"),
     (["reference.checkpoint={files}/model.dns"], "model.dns is a .dns file (dns-export's compact model), not a "
                                                  "checkpoint: dns-eval and dns.load read it"),
     # run directories that are not free
     (["hydra.run.dir={files}/garbage.pt"], "{files}/garbage.pt is a file, not a directory"),
     (["hydra.run.dir={files}/garbage.pt/run"], "cannot write into the run directory {files}/garbage.pt/run"),
+    (["hydra.run.dir=/proc/dns-test"], "cannot write into the run directory /proc/dns-test"),
     (["hydra.run.dir={files}/run"], "{files}/run already holds a run (unfinished): go on with it with resume=true"),
     (["hydra.run.dir={files}/foreign"], "{files}/foreign is not empty (it holds history.csv, report.md)"),
     (["resume=true", "hydra.run.dir={files}/foreign"], "resume=true: {files}/foreign holds no run of dns-train"),
@@ -282,6 +288,13 @@ OTHER_BAD_INPUT = [
     ("dns-report", ["{files}/nothere"], "{files}/nothere is not a directory"),
     ("dns-report", ["{files}/notes"], "no run directories (report.json or .hydra/) under {files}/notes"),
     ("dns-report", ["{files}/sweep", "--out", "{files}/garbage.pt"], "--out {files}/garbage.pt is a file"),
+    # places no one may write, root included (the tests may run as root, for whom permissions do not hold)
+    ("dns-export", ["{files}/lenet300.pt", "--out", "/proc/dns-test.dns"], "cannot write /proc/dns-test.dns"),
+    ("dns-report", ["{files}/sweep", "--out", "/proc/dns-test"], "cannot write /proc/dns-test"),
+    ("dns-import-caffe", ["{files}/lenet5.caffemodel", "--model", "lenet5", "--out", "/proc/dns-test.pt"],
+     "cannot write /proc/dns-test.pt"),
+    ("dns-export", ["{files}/missing.pt", "--out", "{cwd}/x.dns"], "1 missing (fc2.bias), 0 unexpected"),
+    ("dns-eval", ["{files}/missing.pt"], "1 missing (fc2.bias), 0 unexpected"),
 ]
 
 

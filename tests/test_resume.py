@@ -81,6 +81,7 @@ def test_a_failed_job_does_not_hide_the_others_of_a_sweep(dns_train, tmp_path):
     result = dns_train("-m", "model=lenet300", "reference.iters=60", "surgery.iters=20", "finetune.iters=0",
                        "log_every=10", "optimizer.lr=0.01,50,0.02", "hydra.sweep.dir=sweep")
     assert result.returncode == 1 and "1 job(s) failed" in result.stderr
+    assert "dns-train: failed: non-finite" in result.stderr  # the failed job's reason, not only in its report
     statuses = [json.loads((tmp_path / "sweep" / str(n) / "report.json").read_text())["status"] for n in range(3)]
     assert statuses == ["completed", "failed", "completed"]
 

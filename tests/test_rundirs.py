@@ -51,7 +51,8 @@ def test_a_completed_run_is_byte_for_byte_unchanged_by_every_refusal(dns_train, 
             result = dns_train(*QUICK, *extra, "hydra.run.dir=run")
             assert result.returncode == 2
             assert result.stderr.strip() == (f"dns-train: error: run is in use by a running dns-train (pid "
-                                             f"{holder.pid}): wait for it to end, or give another hydra.run.dir")
+                                             f"{holder.pid}): wait for it to end, or give another (hydra.run.dir=DIR, "
+                                             f"or hydra.sweep.dir=DIR with -m)")
     finally:
         holder.kill()
         holder.wait()
@@ -81,6 +82,11 @@ def test_two_runs_started_into_one_directory_do_not_mix(start_dns_train, dns_tra
 def test_overwrite_replaces_the_run_and_keeps_other_files(dns_train, data_root, tmp_path):
     run = completed_run(tmp_path, data_root, *QUICK)
     (run / "notes.txt").write_text("mine\n")
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "report.md").write_text("not a run\n")
+    refused = dns_train(*QUICK, "hydra.run.dir=paper", "overwrite=true")  # overwrite replaces runs, nothing else
+    assert refused.returncode == 2 and "paper is not empty (it holds report.md)" in refused.stderr
+    assert (tmp_path / "paper" / "report.md").read_text() == "not a run\n"
     result = dns_train(*QUICK, "surgery.c=3", "finetune.iters=0", "checkpoint.every=0", "hydra.run.dir=run",
                        "overwrite=true")
     assert result.returncode == 0, result.stderr
@@ -138,13 +144,62 @@ def test_mnist_as_the_official_gz_files_trains_like_the_raw_ones(data_root, tmp_
         assert torch.equal(gz.images, plain.images) and torch.equal(gz.labels, plain.labels)
 
 
-def test_a_failed_download_leaves_no_empty_folders(tmp_path):
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    from dns import data
     from dns.config import DatasetConfig
-    from dns.data import prepare_dataset
 
-    with pytest.raises(FileNotFoundError, match="downloading it failed"):  # no network here, nor in CI
-        prepare_dataset(DatasetConfig(name="mnist", root=str(tmp_path / "data"), download=True))
+    class MNIST:  # as torchvision's without network: the folders made, then an error
+        def __init__(self, root, train, download):
+            (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setitem(data.TORCHVISION_CLASSES, "mnist", MNIST)
+    with pytest.raises(FileNotFoundError, match="downloading it failed"):
+        data.prepare_dataset(DatasetConfig(name="mnist", root=str(tmp_path / "data"), download=True))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_lock_admits_one_holder_and_goes_with_it(tmp_path):
+    from dns.rundir import RunDirError, RunLock, lock_holder
+
+    run = tmp_path / "sweep" / "0"
+    first = RunLock(run)
+    assert lock_holder(run) == os.getpid()
+    with pytest.raises(RunDirError, match=f"sweep/0 is in use by a running dns-train \\(pid {os.getpid()}\\)"):
+        RunLock(run)  # another open of the lock file: refused even within one process
+    child = os.fork()
+    if child == 0:  # a forked worker does not keep the lock once its parent lets go
+        time.sleep(2)
+        os._exit(0)
+    first.release(remove=True)
+    assert lock_holder(run) is None and not (tmp_path / "sweep").exists()  # the folders it made are gone too
+    second = RunLock(run)
+    assert lock_holder(run) == os.getpid()
+    second.release()
+    os.waitpid(child, 0)
+
+
+def test_default_directories_are_the_ones_locked_and_used(dns_train, tmp_path):
+    assert dns_train(*QUICK, "reference.iters=20", "surgery.iters=20").returncode == 0
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "report.json").is_file() and (runs[0] / ".dns.lock").is_file()
+
+    result = dns_train("-m", *QUICK, "reference.iters=20", "surgery.iters=20", "surgery.c=1,2,3,4")
+    assert result.returncode == 0, result.stderr
+    sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert all((sweeps[0] / str(n) / "report.json").is_file() for n in range(4))
+
+
+def test_a_sweep_names_its_jobs_by_subdir(dns_train, tmp_path):
+    result = dns_train("-m", *QUICK, "reference.iters=20", "surgery.iters=20", "surgery.c=1,2",
+                       "hydra.sweep.dir=sweep", "hydra.sweep.subdir=c${surgery.c}")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["c1.0", "c2.0"]
+    same = dns_train("-m", *QUICK, "surgery.c=1,2", "hydra.sweep.dir=other", "hydra.sweep.subdir=same")
+    assert same.returncode == 2 and not (tmp_path / "other").exists()
+    assert same.stderr.strip() == ("dns-train: error: jobs 0 and 1 of the sweep would share the run directory "
+                                   "other/same: give hydra.sweep.subdir a value per job, e.g. ${hydra.job.num}")
 
 
 def test_dns_report_lists_an_unreadable_report_and_reports_the_rest(dns_train, data_root, tmp_path):
