@@ -32,9 +32,11 @@ def save_checkpoint(path: Path, **content: Any) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; ValueError (one line) if it is not one."""
+    from dns.export import MAGIC  # (dns.export builds on this module)
+
     try:
         with open(path, "rb") as f:
-            if f.read(4) == b"DNSX":  # dns.export.MAGIC
+            if f.read(4) == MAGIC:
                 raise ValueError(f"{path} is a .dns file (dns-export's compact model), not a checkpoint: dns-eval "
                                  f"and dns.load read it; dns-train and dns-export take the .pt checkpoint it came from")
     except OSError as e:

@@ -428,12 +428,14 @@ def export_main(argv: list[str] | None = None) -> None:
     check_output("dns-export", args.out, args.checkpoint, args.force, lambda p: not args.state_dict and is_dns_file(p))
     try:
         checkpoint = load_checkpoint(args.checkpoint)
+    except ValueError as e:  # its message names the file
+        fail("dns-export", str(e))
+    try:
         weights = effective_state_dict(checkpoint)
         if checkpoint.get("model"):  # a file that would not load is refused before it is written
             fill(model_of(checkpoint), weights)
-    except Exception as e:  # not a checkpoint; tensors missing, unexpected or of the wrong shape
-        message = one_line(e)
-        fail("dns-export", message if message.startswith(args.checkpoint) else f"{args.checkpoint}: {message}")
+    except Exception as e:  # tensors missing, unexpected or of the wrong shape
+        fail("dns-export", f"{args.checkpoint}: {one_line(e)}")
     if args.state_dict:
         written(lambda: write_atomically(args.out, lambda tmp: torch.save(weights, tmp)), "dns-export", args.out)
         print(f"{args.out}: dense state_dict of {checkpoint['model']}, {args.out.stat().st_size:,} bytes")

@@ -237,7 +237,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     from dns.data import prepare_dataset
     from dns.distributed import world
     from dns.imagenet import check_image_folder, holds_images
-    from dns.layers import per_layer, select_layers
+    from dns.layers import per_layer
     from dns.models import get_model, input_error, layer_kind, list_models, prunable_layers
     from dns.surgeon import surgery_phases
 
@@ -323,19 +323,19 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     require(isinstance(s.layers, str) or all(isinstance(x, str) for x in s.layers),
             f"surgery.layers={s.layers!r}: give all, conv, fc or a list such as [conv1,fc1] or [layer3.*]")
     try:
-        surgery_phases(run, kinds)  # every selection, exclusion and per-layer key must match a layer
+        phases = surgery_phases(run, kinds)  # every selection, exclusion and per-layer key must match a layer
         per_layer("surgery.min_remaining_per_layer", s.min_remaining_per_layer, list(kinds))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     taken: dict[str, int] = {}  # layer -> the phase that operates on it
-    for i, phase in enumerate(s.phases):
+    for i, (phase, planned) in enumerate(zip(s.phases, phases)):
         where = f"surgery.phases[{i}]"
         for key, value in [("iters", phase.iters), ("iter_stop", phase.iter_stop), ("gamma", phase.gamma),
                            ("power", phase.power)]:
             require(value is None or value >= 0, f"{where}.{key}={value} is negative: give a value >= 0")
         require(phase.iters > 0, f"{where} has no iterations: give each phase its own, e.g. "
                                  f"surgery.phases=[{{layers:conv,iters:10000}},{{layers:fc,iters:10000}}]")
-        for name in select_layers(phase.layers, kinds, s.exclude, f"{where}.layers"):
+        for name in planned.c:  # the layers the phase operates on
             require(name not in taken, f"{where} operates on {name} again (surgery.phases[{taken.get(name)}] "
                                        f"does): phases run one after the other, each on layers of its own")
             taken[name] = i

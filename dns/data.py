@@ -71,14 +71,11 @@ def read_idx(path: Path, header_only: bool = False) -> tuple[list[int], torch.Te
         raise fault("is not an IDX file of bytes (bad header)")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     expected = 4 + 4 * ndim + math.prod(dims)
-    if header_only and path.suffix == ".gz":
-        return dims, None  # its size is known only once it is all read (and gzip's checksum checked): at loading
-    size = path.stat().st_size if header_only else len(data)
-    if size != expected:
+    # a gzipped file's size is known only once it is all read (and its checksum checked): when it is loaded
+    size = len(data) if not header_only else None if path.suffix == ".gz" else path.stat().st_size
+    if size is not None and size != expected:
         raise fault(f"is truncated or corrupt ({size:,} bytes, its header says {expected:,})")
-    if header_only:
-        return dims, None
-    return dims, torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(dims)
+    return dims, None if header_only else torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(dims)
 
 
 def check_mnist(folder: Path) -> int:

@@ -21,6 +21,7 @@ LOCK = ".dns.lock"
 # what dns-train and Hydra write into a run directory; overwrite=true removes these and nothing else
 RUN_FILES = (".hydra", "train.log", "history.csv", "report.json", "report.md", "plots", "checkpoints", LOCK)
 RUN_MARKS = {".hydra", "train.log", "checkpoints", LOCK}  # a directory holding one of these is a run's
+WHERE = "hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m"  # how a command names its run directory
 
 
 class RunDirError(ValueError):
@@ -87,9 +88,6 @@ class RunLock:
         self.fd = None
 
 
-WHERE = "hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m"
-
-
 def busy(run_dir: Path, pid: int | None) -> str:
     return f"{run_dir} is in use by a running dns-train (pid {pid}): wait for it to end, or give another ({WHERE})"
 
@@ -121,8 +119,7 @@ def check_start(run_dir: Path, resume: bool, overwrite: bool, sweep_dir: Path | 
             if sweep_dir is not None and sweep_dir.is_dir():
                 return  # a job of the sweep that never started: it starts now
             raise RunDirError(f"resume=true: there is no {'sweep' if sweep_dir else 'run'} directory "
-                              f"{sweep_dir or run_dir}; name the run to go on with hydra.run.dir=DIR (or "
-                              f"hydra.sweep.dir=DIR with -m)")
+                              f"{sweep_dir or run_dir}; name the run to go on with ({WHERE})")
         if names and not (run_dir / "checkpoints" / "latest.pt").is_file() and (others or not is_run):
             raise RunDirError(f"resume=true: {run_dir} holds no run of dns-train (no checkpoints/latest.pt; it "
                               f"holds {listing(others or names)}): name the directory of the run to go on with")

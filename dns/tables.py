@@ -91,12 +91,13 @@ def find_runs(paths: list[Path]) -> list[Run]:
             (p for p in path.rglob("*") if p.is_dir() and is_run_dir(p)), key=_natural)
     runs = []
     for path in dict.fromkeys(found):
-        report = read_report(path / "report.json") if (path / "report.json").is_file() else None
+        written = (path / "report.json").is_file()
+        report = read_report(path / "report.json") if written else None
         try:
             overrides = [str(o) for o in OmegaConf.load(path / ".hydra" / "overrides.yaml")]
         except Exception:  # none (a run of dns.train.run, not dns-train), or not Hydra's
             overrides = []
-        status = "incomplete" if not (path / "report.json").is_file() else report["status"] if report else "unreadable"
+        status = report["status"] if report else "unreadable" if written else "incomplete"
         runs.append(Run(path, status, report, overrides))
     return runs
 
