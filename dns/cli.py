@@ -127,6 +127,9 @@ def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Pa
                 raise
             except MissingConfigException as e:  # model=foo: name the choices (the schemas are not choices)
                 group, _, name = (e.missing_cfg_file or "").rpartition("/")
+                if not group:  # the primary config itself: the package runs without its configs
+                    raise ConfigError(f"the configs ({CONFIG_MODULE}) are not found: install the package with "
+                                      f"pip install -e . from its checkout") from None
                 choices = [o for o in e.options or [] if not o.startswith("base_")]
                 raise ConfigError(f"unknown {group} {name!r}: use {group}=<{'|'.join(choices)}>") from None
             except Exception as e:  # unknown keys or groups, wrong types, missing values
