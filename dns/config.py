@@ -79,7 +79,8 @@ class LRPolicyConfig:
 class ReferenceConfig:
     iters: int = 10000  # iterations to train the dense reference (ignored with `checkpoint`)
     checkpoint: Optional[str] = None  # start from this checkpoint instead of training
-    surgery_settings: bool = False  # take per-layer c, iter_stop, gamma, power from the checkpoint
+    surgery_settings: bool = False  # take per-layer c, iter_stop, gamma, power from the checkpoint, where
+    # the surgery settings leave them at their defaults (what you set wins)
 
 
 @dataclass
@@ -114,6 +115,10 @@ class SurgeryConfig:
     # phases one after the other (e.g. conv, then fc); the other layers keep their masks meanwhile.
     # Empty: one phase of all of the above. Given: surgery.iters is the sum of their iters.
     phases: List[PhaseConfig] = field(default_factory=list)
+    # each phase a fresh solver, as the authors pruned AlexNet's groups in separate runs: the learning-rate
+    # schedule counts from the phase's start and the momentum starts at 0 (fine-tuning goes on with the last
+    # phase's). false: one solver run from the first phase to the end of fine-tuning.
+    phase_restart: bool = True
     lr: Optional[float] = None  # base learning rate of surgery and fine-tuning (None: optimizer.lr)
     weight_decay: Optional[float] = None  # weight decay of surgery and fine-tuning (None: optimizer.weight_decay)
 
@@ -339,8 +344,15 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             require(name not in taken, f"{where} operates on {name} again (surgery.phases[{taken.get(name)}] "
                                        f"does): phases run one after the other, each on layers of its own")
             taken[name] = i
-    if s.phases:
-        s.iters = sum(phase.iters for phase in s.phases)
+    if s.phases:  # what the phases set for themselves, refused at the top level rather than ignored there
+        default, total = SurgeryConfig(), sum(phase.iters for phase in s.phases)
+        for key in ("layers", "iter_stop", "iter_stop_per_layer"):
+            require(getattr(s, key) == getattr(default, key),
+                    f"surgery.{key} does not apply with surgery.phases: set layers and iter_stop in each phase, "
+                    f"e.g. surgery.phases=[{{layers:conv,iters:8000,iter_stop:6000}},{{layers:fc,iters:8000}}]")
+        require(s.iters in (default.iters, total), f"surgery.iters={s.iters}, but the phases' iters add up to "
+                                                   f"{total}: drop surgery.iters (with phases it is their sum)")
+        s.iters = total
     require(not (run.amp or run.channels_last) or run.device.startswith("cuda")
             or (run.device == "auto" and torch.cuda.is_available()),
             "amp=true and channels_last=true need a CUDA device: drop them on CPU")
@@ -426,7 +438,7 @@ def check_cuda(device: str) -> None:
 
 # settings of DNS alone: a baseline method refuses them changed, rather than run without them
 DNS_ONLY = ("c", "c_per_layer", "iter_stop", "iter_stop_per_layer", "margin", "gamma", "power", "splice", "phases",
-            "min_remaining", "min_remaining_per_layer")
+            "phase_restart", "min_remaining", "min_remaining_per_layer")
 
 
 def check_method(run: RunConfig) -> None:
@@ -489,6 +501,7 @@ def adopt_checkpoint(run: RunConfig, kinds: dict[str, str], model: torch.nn.Modu
     """Check that reference.checkpoint fits the model (built on the meta device); with surgery_settings, take
     its surgery settings."""
     from dns.checkpoint import load_checkpoint, misfit
+    from dns.layers import per_layer
 
     path = run.reference.checkpoint
     if not os.path.isfile(path):
@@ -517,14 +530,26 @@ def adopt_checkpoint(run: RunConfig, kinds: dict[str, str], model: torch.nn.Modu
     layers = {name: s for name, s in (checkpoint.get("layers") or {}).items() if s.get("c") is not None}
     if not layers:
         raise ConfigError(f"{path} stores no surgery settings: drop reference.surgery_settings=true")
-    s = run.surgery
-    s.layers = [name for name in kinds if name in layers]
-    s.c_per_layer = {name: float(v["c"]) for name, v in layers.items()}
-    s.iter_stop_per_layer = {name: int(v["iter_stop"]) for name, v in layers.items() if v.get("iter_stop") is not None}
+    # what the config sets away from the defaults wins over the checkpoint (surgery_settings fills in the rest)
+    s, default, names = run.surgery, SurgeryConfig(), list(kinds)
+    if s.phases:
+        raise ConfigError("reference.surgery_settings=true takes one surgery of the checkpoint's layers; "
+                          "surgery.phases sets its own: drop one of the two")
+    given = {key for key in ("layers", "c", "iter_stop", "gamma", "power") if getattr(s, key) != getattr(default, key)}
+    if "layers" not in given:
+        s.layers = [name for name in kinds if name in layers]
+    if "c" not in given:  # surgery.c given: every layer's c, as without the checkpoint (but for c_per_layer)
+        s.c_per_layer = {**{name: float(v["c"]) for name, v in layers.items()},
+                         **per_layer("surgery.c_per_layer", s.c_per_layer, names)}
+    if "iter_stop" not in given:
+        s.iter_stop_per_layer = {**{name: int(v["iter_stop"]) for name, v in layers.items()
+                                    if v.get("iter_stop") is not None},
+                                 **per_layer("surgery.iter_stop_per_layer", s.iter_stop_per_layer, names)}
     for key in ("gamma", "power"):
         values = {v[key] for v in layers.values() if v.get(key) is not None}
+        if key in given or not values:
+            continue
         if len(values) > 1:
             raise ConfigError(f"{path} gives its layers different {key} values {sorted(values)}; dns-train takes "
-                              f"one: drop reference.surgery_settings=true and set surgery.{key}")
-        if values:
-            setattr(s, key, values.pop())
+                              f"one: set surgery.{key}")
+        setattr(s, key, values.pop())

@@ -126,6 +126,16 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def error_change(reference: float | None, final: float | None) -> float | None:
+    """The final error minus the reference's (a fraction; below 0: better than the dense reference), rounded to
+    1e-6 so that float noise does not show; None where either is missing."""
+    return None if reference is None or final is None else round(final - reference, 6)
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.2f} points".replace("-", "−")
+
+
 def _pct(x: float) -> str:
     return f"{x:.2f} %"
 
@@ -187,7 +197,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                   f"({b['ratio_float16']:.1f}×).", ""]
     if test.get("reference_error") is not None:
         lines.append(f"Test error: {_pct(100 * test['reference_error'])} (reference) → "
-                     f"**{_pct(100 * test['final_error'])}** (after surgery and fine-tuning).")
+                     f"**{_pct(100 * test['final_error'])}** (after surgery and fine-tuning): "
+                     f"{_points(error_change(test['reference_error'], test['final_error']))} against the reference.")
     else:
         lines.append(f"Test error: **{_pct(100 * test['final_error'])}**"
                      + (" with sparse fully connected layers." if "sparse_layers" in report else "."))

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from dns import paper
 from dns.files import write_atomically
+from dns.report import error_change
 
 
 @dataclass
@@ -140,6 +141,7 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
         if ref:
             rows.append({"network": ref["network"], "method": "dns", "source": "paper (Guo et al. 2016)",
                          "reference_error": ref["reference_error"], "final_error": ref["error"],
+                         "error_change": error_change(ref["reference_error"], ref["error"]),
                          "final_top5_error": ref.get("top5_error"),
                          "params": ref["params"], "remaining": ref["remaining"], "compression": ref["compression"],
                          "iterations": f"{ref['iterations'][0] // 1000}K → {ref['iterations'][1] // 1000}K"})
@@ -147,6 +149,7 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
             rep = run.report
             rows.append({"network": network(group), "method": run.method, "source": label(run, root),
                          "reference_error": rep["test"]["reference_error"], "final_error": rep["test"]["final_error"],
+                         "error_change": error_change(rep["test"]["reference_error"], rep["test"]["final_error"]),
                          "final_top5_error": rep["test"].get("final_top5_error"),
                          "params": rep["total"]["params"], "remaining": rep["total"]["remaining"],
                          "compression": rep["total"]["compression"],
@@ -157,6 +160,7 @@ def table1_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
             rows.append({"network": network(group), "method": seeds[0].method,
                          "source": f"mean ± std of {', '.join(label(r, root) for r in seeds)}",
                          "reference_error": None, "final_error": mean_std([t["final_error"] for t in tests]),
+                         "error_change": mean_std([error_change(t["reference_error"], t["final_error"]) for t in tests]),
                          "final_top5_error": mean_std([t.get("final_top5_error") for t in tests]),
                          "params": None, "remaining": None,
                          "compression": mean_std(ratios), "iterations": ""})
@@ -233,6 +237,8 @@ def sweep_rows(runs: list[Run], root: Path) -> list[dict[str, Any]]:
             "bytes_ratio_float16": rep.get("bytes", {}).get("ratio_float16"),
             "reference_error": rep.get("test", {}).get("reference_error"),
             "final_error": rep.get("test", {}).get("final_error"),
+            "error_change": error_change(rep.get("test", {}).get("reference_error"),
+                                         rep.get("test", {}).get("final_error")),
             "final_top5_error": rep.get("test", {}).get("final_top5_error"),
             "reference_iters": rep.get("iterations", {}).get("reference"),
             "dns_iters": dns_iterations(rep) if run.completed else None,
@@ -254,6 +260,13 @@ def _pct(x) -> str:
     return _cell(x, 100.0, 2, " %")
 
 
+def _change(x) -> str:
+    """Points of error against the run's own reference: +0.12, −0.29, or mean ± std."""
+    if isinstance(x, tuple):
+        return f"{_change(x[0])} ± {100 * x[1]:.2f}"
+    return "" if x is None else f"{100 * x:+.2f}".replace("-", "−")
+
+
 def _times(x) -> str:
     return _cell(x, 1.0, 1, "×")
 
@@ -266,12 +279,12 @@ def markdown(runs: list[Run], root: Path) -> str:
     table1 = table1_rows(runs, root)
     top5 = any(r["final_top5_error"] is not None for r in table1)  # a column only for ImageNet runs
     lines = ["# DNS runs against the paper", "", "## Table 1", "",
-             "| network | method | run | reference error | error |" + (" top-5 error |" if top5 else "")
+             "| network | method | run | reference error | error | change (points) |" + (" top-5 error |" if top5 else "")
              + " parameters | remaining | compression | iterations (reference → pruning) |",
-             "|---|---|---|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|---:|---|"]
     for r in table1:
         lines.append(f"| {r['network']} | {r['method']} | {r['source']} | {_pct(r['reference_error'])} | "
-                     f"{_pct(r['final_error'])} | "
+                     f"{_pct(r['final_error'])} | {_change(r['error_change'])} | "
                      + (f"{_pct(r['final_top5_error'])} | " if top5 else "")
                      + f"{_count(r['params'])} | {_count(r['remaining'])} | {_times(r['compression'])} | {r['iterations']} |")
     for group, (header, rows) in layer_rows_by_group(runs, root).items():

@@ -31,7 +31,7 @@ from dns.export import byte_report, checkpoint_of
 from dns.masks import plain_state_dict
 from dns.models import get_model, layer_kind, prunable_layers
 from dns.optim import anneal, build_optimizer, learning_rate, set_learning_rate, set_weight_decay
-from dns.report import History, dense_rows, layer_rows, totals, write_reports
+from dns.report import History, dense_rows, error_change, layer_rows, totals, write_reports
 from dns.surgeon import Phase, Surgeon, surgery_phases
 from dns.thresholds import surgery_probability
 
@@ -176,9 +176,10 @@ class Trainer:
 
     # -- the training loop -------------------------------------------------------------------------
     def run_stage(self, stage: str, base_lr: float, first: int, iters: int, phase: Phase | None = None,
-                  shape: str = "none") -> None:
+                  shape: str = "none", origin: int = 0) -> None:
         """Train iterations first .. first+iters-1 of `stage` (of `phase`, in surgery), or what is left of
-        them after a resume; `shape` anneals the learning rate over the stage (`dns.optim.anneal`)."""
+        them after a resume; the learning-rate policy counts from iteration `origin`, and `shape` anneals the
+        rate over the stage (`dns.optim.anneal`)."""
         if STAGES.index(self.stage) > STAGES.index(stage):
             return  # done before the resume
         if self.stage != stage:
@@ -195,7 +196,8 @@ class Trainer:
                    unit="it", disable=None if self.main else True, dynamic_ncols=True,
                    initial=self.iteration - first, total=iters)
         for it in bar:
-            set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it) * anneal(shape, it - first, iters))
+            set_learning_rate(optimizer, learning_rate(cfg.lr_policy, base_lr, it - origin)
+                              * anneal(shape, it - first, iters))
             if operate:
                 surgeon.step(it - phase.first, optimizer)
             images, labels = next(self.batches)
@@ -342,7 +344,8 @@ class Trainer:
         dense = dense_rows(self.surgeon) if self.surgeon else []
         for row in rows:
             row["cut"] = row["weight_remaining"] == 0
-        test = {"reference_error": self.reference_error, "final_error": self.test_error}
+        test = {"reference_error": self.reference_error, "final_error": self.test_error,
+                "error_change": error_change(self.reference_error, self.test_error)}
         if self.test_top5 is not None:
             test.update(reference_top5_error=self.reference_top5, final_top5_error=self.test_top5)
         report = {
@@ -449,20 +452,25 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
         trainer.load_state(state["resume"])
 
-    # (2) surgery, phase by phase, and (3) fine-tuning are one optimizer run, as in the authors' Caffe runs where
-    # iter_stop freezes the masks partway: the learning rate and momentum carry on into fine-tuning.
+    # (2) surgery, phase by phase, and (3) fine-tuning: the last phase and fine-tuning are one optimizer run, as in
+    # the authors' Caffe runs where iter_stop freezes the masks partway (the learning rate and momentum carry on);
+    # each earlier phase is a solver run of its own (surgery.phase_restart=false: all phases one run).
+    restart = cfg.surgery.phase_restart
     for index, phase in enumerate(phases):
         if trainer.stage == "surgery" and index > trainer.phase:
             trainer.begin_phase(index, phase)
+            if restart and index > 0:  # momentum from 0 (the schedule restarts through `origin`)
+                trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
             trainer.checkpoint()
-        trainer.run_stage("surgery", surgery_lr, phase.first, phase.iters, phase)
+        trainer.run_stage("surgery", surgery_lr, phase.first, phase.iters, phase, origin=phase.first if restart else 0)
         trainer.end_phase(index, phase)
     if trainer.stage == "surgery":
         trainer.stage, trainer.iteration = "finetune", cfg.surgery.iters
         trainer.checkpoint()
     if cfg.finetune.weight_decay is not None:  # set again on every resume: the optimizer was rebuilt with surgery's
         set_weight_decay(trainer.optimizer, cfg.finetune.weight_decay)
-    trainer.run_stage("finetune", finetune_lr, cfg.surgery.iters, cfg.finetune.iters, shape=cfg.finetune.anneal)
+    trainer.run_stage("finetune", finetune_lr, cfg.surgery.iters, cfg.finetune.iters, shape=cfg.finetune.anneal,
+                      origin=phases[-1].first if restart else 0)
     final = trainer.save("final", "final")
     if trainer.stage != "done":
         trainer.stage = "done"

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from dns.caffe import CaffeFormatError, read_net, to_checkpoint
-from dns.config import register_configs, validate
+from dns.config import ConfigError, register_configs, validate
 
 
 def varint(n: int) -> bytes:
@@ -146,16 +146,34 @@ def sparse_lenet5(data_root, tmp_path) -> Path:
     return path
 
 
-def test_surgery_settings_are_taken_from_the_checkpoint(sparse_lenet5, data_root):
+def surgery_with_settings_of(checkpoint, data_root, *overrides):
     register_configs()
     with initialize_config_module(config_module="dns.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            f"reference.checkpoint={sparse_lenet5}", "reference.surgery_settings=true", "surgery.gamma=0.5",
-            f"dataset.root={data_root}"])
-    surgery = validate(cfg).surgery
+            f"reference.checkpoint={checkpoint}", "reference.surgery_settings=true", f"dataset.root={data_root}",
+            *overrides])
+    return validate(cfg).surgery
+
+
+def test_surgery_settings_are_taken_from_the_checkpoint(sparse_lenet5, data_root):
+    surgery = surgery_with_settings_of(sparse_lenet5, data_root, "surgery.gamma=1e-3")
     assert surgery.c_per_layer == {"conv1": 2.0, "conv2": 3.0, "fc1": 4.0, "fc2": 2.5}
     assert surgery.iter_stop_per_layer == {"conv1": 14000, "conv2": 14000, "fc1": 14000, "fc2": 14000}
-    assert (surgery.gamma, surgery.power, surgery.layers) == (1e-4, 1.0, ["conv1", "conv2", "fc1", "fc2"])
+    # the file's power (1) and layers; the gamma given, not the file's 1e-4
+    assert (surgery.gamma, surgery.power, surgery.layers) == (1e-3, 1.0, ["conv1", "conv2", "fc1", "fc2"])
+
+
+def test_what_the_config_sets_wins_over_the_checkpoints_surgery_settings(sparse_lenet5, data_root):
+    surgery = surgery_with_settings_of(sparse_lenet5, data_root, "surgery.c_per_layer={fc*:5}",
+                                       "surgery.iter_stop_per_layer={conv1:100}", "surgery.layers=[fc1,fc2]")
+    assert surgery.c_per_layer == {"conv1": 2.0, "conv2": 3.0, "fc1": 5.0, "fc2": 5.0}
+    assert surgery.iter_stop_per_layer == {"conv1": 100, "conv2": 14000, "fc1": 14000, "fc2": 14000}
+    assert surgery.layers == ["fc1", "fc2"]
+    surgery = surgery_with_settings_of(sparse_lenet5, data_root, "surgery.c=3", "surgery.iter_stop=900")
+    assert (surgery.c, surgery.c_per_layer, surgery.iter_stop, surgery.iter_stop_per_layer) == (3.0, {}, 900, {})
+    with pytest.raises(ConfigError, match="reference.surgery_settings=true takes one surgery of the checkpoint's "
+                                          "layers; surgery.phases sets its own: drop one of the two"):
+        surgery_with_settings_of(sparse_lenet5, data_root, "surgery.phases=[{layers:fc,iters:10}]")
 
 
 def test_a_run_starts_from_an_imported_model_with_its_masks(dns_train, sparse_lenet5, tmp_path):
@@ -163,7 +181,7 @@ def test_a_run_starts_from_an_imported_model_with_its_masks(dns_train, sparse_le
                        "hydra.run.dir=run")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["test"] == {"reference_error": 0.0091, "final_error": 0.0091}
+    assert report["test"] == {"reference_error": 0.0091, "final_error": 0.0091, "error_change": 0.0}
     assert report["total"]["remaining"] == 3993 and report["iterations"]["reference"] == 0
 
 

@@ -197,6 +197,14 @@ BAD_INPUT = [
     (["surgery.phases=[{layers:conv,iters:0},{layers:fc,iters:10}]"], "surgery.phases[0] has no iterations"),
     (["surgery.phases=[{layers:conv,iters:10},{layers:all,iters:10}]"],
      "surgery.phases[1] operates on conv1 again (surgery.phases[0] does)"),
+    # top-level settings that phases set for themselves: refused, not ignored
+    (["surgery.phases=[{layers:conv,iters:10}]", "surgery.iter_stop=5"],
+     "surgery.iter_stop does not apply with surgery.phases: set layers and iter_stop in each phase"),
+    (["surgery.phases=[{layers:conv,iters:10}]", "surgery.iter_stop_per_layer={fc1:5}"],
+     "surgery.iter_stop_per_layer does not apply with surgery.phases"),
+    (["surgery.phases=[{layers:conv,iters:10}]", "surgery.layers=fc"], "surgery.layers does not apply with surgery.phases"),
+    (["surgery.phases=[{layers:conv,iters:10},{layers:fc,iters:20}]", "surgery.iters=100"],
+     "surgery.iters=100, but the phases' iters add up to 30: drop surgery.iters"),
     # data settings that cannot hold
     (["dataset.batch_size=60001"], "dataset.batch_size=60001 is larger than the 60,000 training samples of mnist"),
     (["dataset.max_shift=5"], "dataset.max_shift=5 moves digits off the image"),

@@ -120,6 +120,24 @@ def test_topk_errors_count_labels_outside_the_top_k():
     assert topk_errors(logits, labels, ks=(1, 3, 6, 10)) == {1: 2, 3: 2, 6: 0, 10: 0}  # k clamped to 6 classes
 
 
+class Echo(torch.nn.Module):
+    """A "model" whose logits are its input (and one parameter, for its device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.zero = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x + self.zero
+
+
+def test_evaluate_batches_counts_top5_misses_among_more_than_5_classes():
+    logits = torch.arange(8.0).repeat(6, 1)  # class 7 highest, class 0 lowest, 8 classes
+    labels = torch.tensor([7, 3, 2, 1, 0, 6])  # ranks 1, 5, 6, 7, 8, 2: top-1 hit once, top-5 hits three times
+    errors = evaluate_batches(Echo(), [(logits[:4], labels[:4]), (logits[4:], labels[4:])])
+    assert errors == {"top1": 5 / 6, "top5": 3 / 6}
+
+
 def test_evaluate_batches_gives_top1_and_top5(image_folder):
     torch.manual_seed(0)
     model = get_model("alexnet", num_classes=3)
@@ -180,9 +198,10 @@ def test_alexnet_runs_end_to_end_on_an_image_folder(image_folder, dns_train, tmp
     dns_report = str(Path(dns_train_argv()[0]).with_name("dns-report"))
     tables = subprocess.run([dns_report, str(run)], capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr
-    assert "| AlexNet | dns | paper (Guo et al. 2016) | 43.42 % | 43.09 % | 19.99 % | 60,965,224 |" in tables.stdout
-    assert (f"| AlexNet | dns | run | {100 * test['reference_error']:.2f} % | {100 * test['final_error']:.2f} % | 0.00 % |"
-            in tables.stdout)
+    assert "| AlexNet | dns | paper (Guo et al. 2016) | 43.42 % | 43.09 % | −0.33 | 19.99 % | 60,965,224 |" in tables.stdout
+    change = f"{100 * test['error_change']:+.2f}".replace("-", "−")
+    assert (f"| AlexNet | dns | run | {100 * test['reference_error']:.2f} % | {100 * test['final_error']:.2f} % | {change} "
+            f"| 0.00 % |" in tables.stdout)
 
 
 def test_an_image_that_does_not_decode_fails_the_run_with_one_line(image_folder, dns_train, tmp_path):

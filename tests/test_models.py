@@ -1,3 +1,4 @@
+import copy
 import logging
 import warnings
 
@@ -36,6 +37,37 @@ def test_every_parameter_learns_through_the_masks(name):
     out.mean().backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {n}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_masked_model_computes_with_its_kept_weights_and_every_weight_learns(name):
+    """Masks with zeros (not all ones): the output is the plain model's with W ⊙ T, and pruned weights get the full
+    gradient (straight-through)."""
+    kwargs, shape = small_case(name)
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=7, **kwargs)
+    plain = copy.deepcopy(model)
+    Surgeon(model, layers=[])
+    masks = {}
+    for layer, module in prunable_layers(model).items():
+        for key in ("weight", "bias"):
+            if f"{key}_mask" in module._buffers:
+                mask = module._buffers[f"{key}_mask"]
+                mask.copy_(torch.rand(mask.shape) < 0.5)
+                mask.view(-1)[0] = 0  # a pruned entry in every tensor, however small
+                masks[f"{layer}.{key}"] = mask
+                with torch.no_grad():
+                    plain.get_parameter(f"{layer}.{key}").mul_(mask)
+    x = torch.randn(2, *shape)
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)  # the same dropout
+    torch.testing.assert_close(out, plain(x), rtol=1e-5, atol=1e-6)
+    assert out.abs().sum() > 0
+    out.square().mean().backward()
+    for key, mask in masks.items():
+        grad = model.get_parameter(f"{key}_orig").grad
+        assert grad[mask == 0].abs().sum() > 0, f"pruned weights of {key} get no gradient"
 
 
 def test_lenet5_is_the_caffe_variant_without_relu_after_the_convolutions():

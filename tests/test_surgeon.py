@@ -222,3 +222,21 @@ def test_min_remaining_keeps_a_layer_from_being_cut():
     assert layer.remaining(("weight",)) == 10  # ceil(5 % of 200); c = 50 alone would cut all
     kept = layer.mask("weight").bool()
     assert layer.params["weight"].abs()[kept].min() >= layer.params["weight"].abs()[~kept].max()
+
+
+def test_an_evaluation_changes_no_mask_weight_or_mode(data_root):
+    """The MNIST evaluation dns-train runs between iterations, on a model mid-surgery with a surgeon attached."""
+    from dns.config import DatasetConfig
+    from dns.evaluate import evaluator
+
+    torch.manual_seed(0)
+    model = get_model("lenet5")
+    surgeon = Surgeon(model, c=1.0, gamma=0.0)
+    surgeon.start()
+    surgeon.step(0)  # masks with zeros (the gate always opens at gamma 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith("_mask") and (v == 0).any() for k, v in before.items())
+    errors = evaluator(DatasetConfig(name="mnist", root=str(data_root)), torch.device("cpu"))(model)
+    assert 0 < errors["top1"] < 1 and model.training
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

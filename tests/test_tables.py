@@ -67,7 +67,8 @@ def test_report_tables_mark_the_front_and_list_failed_runs(sweep):
     assert result.returncode == 0, result.stderr
     md = (sweep / "dns_report.md").read_text()
     assert md == result.stdout.split("written:")[0].rstrip("\n") + "\n"
-    assert "| LeNet-300-100 | dns | paper (Guo et al. 2016) | 2.28 % | 1.99 % | 266,610 | 4,800 | 56.0× | 10K → 25K |" in md
+    assert ("| LeNet-300-100 | dns | paper (Guo et al. 2016) | 2.28 % | 1.99 % | −0.29 | 266,610 | 4,800 | 56.0× | "
+            "10K → 25K |") in md
     assert "| fc3 | 1,010 | 5.50 % |" in md  # the paper's Table 3 column beside ours
     assert "| 3 |  | incomplete | model=lenet300 surgery.c=8 |" in md
 
@@ -78,6 +79,12 @@ def test_report_tables_mark_the_front_and_list_failed_runs(sweep):
     points = [(r["total"]["compression"], r["test"]["final_error"]) for r in reports]
     assert [r["pareto"] == "True" for r in rows[:3]] == pareto_front(points)
     assert float(rows[2]["compression"]) > float(rows[0]["compression"])  # c = 4 prunes more than c = 0.5
+    for row, report in zip(rows, reports):  # each run's error against its own reference, in report.json and the tables
+        test = report["test"]
+        assert test["error_change"] == float(row["error_change"]) == round(test["final_error"] - test["reference_error"], 6)
+        change = f"{100 * test['error_change']:+.2f}".replace("-", "−")
+        assert f"| {100 * test['final_error']:.2f} % | {change} |" in md
+        assert f"{change} points against the reference" in (sweep / row["run"] / "report.md").read_text()
     assert (sweep / "dns_report.png").read_bytes()[:4] == b"\x89PNG"
 
 
