@@ -189,6 +189,8 @@ def check_resume(run, run_dir: Path) -> None:
         # a run saved before the baselines existed was DNS with splicing: resuming it as another method is a change
         saved.setdefault("method", {"name": "dns"})
         saved.get("surgery", {}).setdefault("splice", True)
+        # before phase_restart, phases were one solver run (a setting that changes nothing with fewer than two)
+        saved.get("surgery", {}).setdefault("phase_restart", len(saved.get("surgery", {}).get("phases") or []) < 2)
     except ValueError as e:
         raise ConfigError(f"resume=true: {e}") from None
     differences = [d for d in config_differences(saved, asdict(run)) if d.split("=")[0] not in RESUME_MAY_CHANGE]

@@ -351,7 +351,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                     f"surgery.{key} does not apply with surgery.phases: set layers and iter_stop in each phase, "
                     f"e.g. surgery.phases=[{{layers:conv,iters:8000,iter_stop:6000}},{{layers:fc,iters:8000}}]")
         require(s.iters in (default.iters, total), f"surgery.iters={s.iters}, but the phases' iters add up to "
-                                                   f"{total}: drop surgery.iters (with phases it is their sum)")
+                                                   f"{total}: with phases it is their sum; drop it or set it to {total}")
         s.iters = total
     require(not (run.amp or run.channels_last) or run.device.startswith("cuda")
             or (run.device == "auto" and torch.cuda.is_available()),
@@ -551,5 +551,5 @@ def adopt_checkpoint(run: RunConfig, kinds: dict[str, str], model: torch.nn.Modu
             continue
         if len(values) > 1:
             raise ConfigError(f"{path} gives its layers different {key} values {sorted(values)}; dns-train takes "
-                              f"one: set surgery.{key}")
+                              f"one: drop reference.surgery_settings=true and set surgery.{key}")
         setattr(s, key, values.pop())

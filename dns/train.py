@@ -139,7 +139,7 @@ class Trainer:
     """The model and everything that moves with it between iterations; one training loop for every stage.
 
     `stage` and `iteration` say where the run stands: the next iteration to train (iterations count
-    from 0 in the reference stage, and from 0 through surgery into fine-tuning, one optimizer run).
+    from 0 in the reference stage, and from 0 through surgery into fine-tuning).
     """
 
     def __init__(self, model: nn.Module, batches: Iterator, test: TestFn, cfg: RunConfig, history: History,

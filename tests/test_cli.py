@@ -204,7 +204,7 @@ BAD_INPUT = [
      "surgery.iter_stop_per_layer does not apply with surgery.phases"),
     (["surgery.phases=[{layers:conv,iters:10}]", "surgery.layers=fc"], "surgery.layers does not apply with surgery.phases"),
     (["surgery.phases=[{layers:conv,iters:10},{layers:fc,iters:20}]", "surgery.iters=100"],
-     "surgery.iters=100, but the phases' iters add up to 30: drop surgery.iters"),
+     "surgery.iters=100, but the phases' iters add up to 30: with phases it is their sum; drop it or set it to 30"),
     # data settings that cannot hold
     (["dataset.batch_size=60001"], "dataset.batch_size=60001 is larger than the 60,000 training samples of mnist"),
     (["dataset.max_shift=5"], "dataset.max_shift=5 moves digits off the image"),

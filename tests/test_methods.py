@@ -98,8 +98,26 @@ def test_a_run_saved_before_the_baselines_resumes_as_dns_only(reference, dns_tra
     copy.mkdir()
     (copy / "checkpoints").mkdir()
     latest = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
-    del latest["config"]["method"], latest["config"]["surgery"]["splice"]
+    del latest["config"]["method"], latest["config"]["surgery"]["splice"], latest["config"]["surgery"]["phase_restart"]
     torch.save(latest, copy / "checkpoints" / "latest.pt")
     result = dns_train(*args, "surgery.splice=false", f"hydra.run.dir={copy}", "resume=true")
     assert result.returncode == 2 and "surgery.splice=True, not False" in result.stderr, result.stderr
-    assert dns_train(*args, f"hydra.run.dir={copy}", "resume=true").returncode == 0
+    assert dns_train(*args, f"hydra.run.dir={copy}", "resume=true").returncode == 0  # one phase: phase_restart moot
+
+
+def test_a_phased_run_saved_before_phase_restart_resumes_as_one_solver_run(reference, dns_train, tmp_path):
+    """Phases were one solver run before surgery.phase_restart: resuming such a run with the new default (a fresh
+    solver per phase) would change it halfway, so it is refused; with phase_restart=false it goes on."""
+    phases = "surgery.phases=[{layers:[fc1],iters:20},{layers:[fc2,fc3],iters:20}]"
+    args = ["model=lenet300", "reference.iters=300", "finetune.iters=0", phases]
+    copy = tmp_path / "old"
+    (copy / "checkpoints").mkdir(parents=True)
+    latest = torch.load(reference.parent / "latest.pt", weights_only=True)
+    surgery = latest["config"]["surgery"]  # as a phased run saved before phase_restart: everything else the same
+    unset = {"c": None, "c_per_layer": {}, "iter_stop": None, "gamma": None, "power": None}
+    surgery["iters"], surgery["phases"] = 40, [{"layers": ["fc1"], "iters": 20, **unset},
+                                               {"layers": ["fc2", "fc3"], "iters": 20, **unset}]
+    del surgery["phase_restart"]
+    torch.save(latest, copy / "checkpoints" / "latest.pt")
+    result = dns_train(*args, f"hydra.run.dir={copy}", "resume=true")
+    assert result.returncode == 2 and "surgery.phase_restart=False, not True" in result.stderr, result.stderr
