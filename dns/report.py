@@ -132,8 +132,9 @@ def error_change(reference: float | None, final: float | None) -> float | None:
     return None if reference is None or final is None else round(final - reference, 6)
 
 
-def _points(x: float) -> str:
-    return f"{100 * x:+.2f} points".replace("-", "−")
+def signed_points(x: float) -> str:
+    """A change of error in percentage points, signed: +0.12, −0.29."""
+    return f"{100 * x:+.2f}".replace("-", "−")
 
 
 def _pct(x: float) -> str:
@@ -198,7 +199,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     if test.get("reference_error") is not None:
         lines.append(f"Test error: {_pct(100 * test['reference_error'])} (reference) → "
                      f"**{_pct(100 * test['final_error'])}** (after surgery and fine-tuning): "
-                     f"{_points(error_change(test['reference_error'], test['final_error']))} against the reference.")
+                     f"{signed_points(error_change(test['reference_error'], test['final_error']))} points against the reference.")
     else:
         lines.append(f"Test error: **{_pct(100 * test['final_error'])}**"
                      + (" with sparse fully connected layers." if "sparse_layers" in report else "."))

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from dns import paper
 from dns.files import write_atomically
-from dns.report import error_change
+from dns.report import error_change, signed_points
 
 
 @dataclass
@@ -263,8 +263,8 @@ def _pct(x) -> str:
 def _change(x) -> str:
     """Points of error against the run's own reference: +0.12, −0.29, or mean ± std."""
     if isinstance(x, tuple):
-        return f"{_change(x[0])} ± {100 * x[1]:.2f}"
-    return "" if x is None else f"{100 * x:+.2f}".replace("-", "−")
+        return f"{signed_points(x[0])} ± {100 * x[1]:.2f}"
+    return "" if x is None else signed_points(x)
 
 
 def _times(x) -> str:

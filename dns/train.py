@@ -420,6 +420,9 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
     if cfg.method.name == "han":  # retraining at a tenth of the rate, as Han et al. retrained the LeNets
         surgery_lr = cfg.method.lr if cfg.method.lr is not None else cfg.optimizer.lr / 10
     finetune_lr = cfg.finetune.lr if cfg.finetune.lr is not None else surgery_lr
+
+    def surgery_optimizer() -> torch.optim.Optimizer:  # at the start of surgery, of each restarted phase, on resume
+        return build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
     phases = surgery_phases(cfg, {name: layer_kind(m) for name, m in prunable_layers(model).items()})
     if state is not None:
         model.load_state_dict(state["state_dict"])
@@ -442,27 +445,29 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
         trainer.save("reference", "reference")
         log.info("reference: test error %.2f%%", 100 * trainer.reference_error)
         trainer.begin_phase(0, phases[0])
-        trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
+        trainer.optimizer = surgery_optimizer()
         trainer.stage, trainer.iteration = "surgery", 0
         trainer._reset_running_sums()
         trainer.checkpoint()
     else:  # resumed after the reference: the surgeon takes up the checkpoint's masks and thresholds
         trainer.surgeon = build_surgeon(model, cfg, phases[state["resume"]["phase"]], state["masks"])
         trainer.surgeon.load_layer_settings(state["layers"])
-        trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
+        trainer.optimizer = surgery_optimizer()
         trainer.load_state(state["resume"])
 
     # (2) surgery, phase by phase, and (3) fine-tuning: the last phase and fine-tuning are one optimizer run, as in
     # the authors' Caffe runs where iter_stop freezes the masks partway (the learning rate and momentum carry on);
     # each earlier phase is a solver run of its own (surgery.phase_restart=false: all phases one run).
     restart = cfg.surgery.phase_restart
+    origin = 0  # the iteration the learning-rate policy counts from
     for index, phase in enumerate(phases):
+        origin = phase.first if restart else 0
         if trainer.stage == "surgery" and index > trainer.phase:
             trainer.begin_phase(index, phase)
-            if restart and index > 0:  # momentum from 0 (the schedule restarts through `origin`)
-                trainer.optimizer = build_optimizer(model, cfg.optimizer, surgery_lr, cfg.surgery.weight_decay)
+            if restart and index > 0:  # momentum from 0
+                trainer.optimizer = surgery_optimizer()
             trainer.checkpoint()
-        trainer.run_stage("surgery", surgery_lr, phase.first, phase.iters, phase, origin=phase.first if restart else 0)
+        trainer.run_stage("surgery", surgery_lr, phase.first, phase.iters, phase, origin=origin)
         trainer.end_phase(index, phase)
     if trainer.stage == "surgery":
         trainer.stage, trainer.iteration = "finetune", cfg.surgery.iters
@@ -470,7 +475,7 @@ def stages(trainer: Trainer, cfg: RunConfig, state: dict[str, Any] | None) -> di
     if cfg.finetune.weight_decay is not None:  # set again on every resume: the optimizer was rebuilt with surgery's
         set_weight_decay(trainer.optimizer, cfg.finetune.weight_decay)
     trainer.run_stage("finetune", finetune_lr, cfg.surgery.iters, cfg.finetune.iters, shape=cfg.finetune.anneal,
-                      origin=phases[-1].first if restart else 0)
+                      origin=origin)  # the last phase's
     final = trainer.save("final", "final")
     if trainer.stage != "done":
         trainer.stage = "done"

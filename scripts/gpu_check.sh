@@ -22,11 +22,11 @@ if [ "$BENCH" = 1 ]; then
     python3 scripts/bench_throughput.py --device "$DEVICE" || failed=1
 fi
 for experiment in paper_lenet5 paper_lenet300; do
-    start=$(date +%s.%N)
+    start=$SECONDS
     # shellcheck disable=SC2086  # EXTRA is a list of overrides
     python3 -c 'from dns.console import train; train()' experiment=$experiment device="$DEVICE" seed=0 \
         hydra.run.dir="$RUNS/$experiment" $EXTRA >"$RUNS/$experiment.out" 2>&1 || { failed=1; tail -5 "$RUNS/$experiment.out"; }
-    echo "$experiment on $DEVICE: $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s wall, dns-train included"
+    echo "$experiment on $DEVICE: $((SECONDS - start)) s wall, dns-train included"
     for file in report.md train.log; do
         cp "$RUNS/$experiment/$file" "$OUT/$experiment.$file" 2>/dev/null
     done
