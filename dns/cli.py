@@ -18,11 +18,10 @@ import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dns import sweep
 from dns.config import ConfigError, RunConfig, register_configs, validate
 from dns.rundir import RunDirError, RunLock, check_start, clear_run
 
@@ -32,7 +31,10 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dns.conf", config_name="config")
-def _train(cfg: DictConfig) -> float | None:
+def _train(cfg: DictConfig) -> float | tuple[float, float] | None:
+    """One job, in this process or in a launcher's (joblib's workers, submitit's jobs): a failed job of a sweep
+    returns None, and main() counts it from its report, whichever process ran it."""
+    from dns.sweep import cores, job_threads, objective
     from dns.train import Stop, run
 
     hydra_cfg = HydraConfig.get()
@@ -40,28 +42,27 @@ def _train(cfg: DictConfig) -> float | None:
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     log = logging.getLogger("dns")
     try:
-        report = run(validate(cfg), out_dir)
+        job = validate(cfg)
+        if job.threads is None:  # jobs side by side on this machine share its cores
+            job.threads = job_threads(hydra_cfg.launcher, cores())
+        if job.resume and sweeping:  # a search's jobs are known only now; a grid's were checked before any ran
+            check_resume(job, out_dir)
+        report = run(job, out_dir)
     except Stop as stop:
         print(f"dns-train: {stop.status}: {stop}", file=sys.stderr)
         if not sweeping or stop.status == "interrupted":  # a signal stops the whole sweep
             sys.exit(stop.exit_code)
-        FAILED_JOBS.append(str(out_dir))
         return None
     except Exception as e:  # a bug or a broken device: its report says failed; the traceback goes to train.log
         log.exception("run failed: %s", out_dir)
         print(f"dns-train: failed: {one_line(e)} (traceback in {out_dir / 'train.log'})", file=sys.stderr)
         if not sweeping:
             sys.exit(1)
-        FAILED_JOBS.append(str(out_dir))  # one broken job must not hide the others: the sweep goes on
-        return None
+        return None  # one broken job must not hide the others: the sweep goes on
     for warning in report["warnings"]:  # e.g. a layer cut away: legal, but the user must see it
         print(f"dns-train: warning: {out_dir}: {warning}", file=sys.stderr)
     log.info("report: %s", out_dir / "report.json")
-    return report["test"]["final_error"]  # the number a sweeper would minimise
-
-
-# run directories of the jobs of this process's sweep that failed; main() exits non-zero if there are any
-FAILED_JOBS: list[str] = []
+    return objective(report, OmegaConf.select(hydra_cfg, "sweeper.direction"))  # what a sweeper optimises
 
 
 def one_line(error: BaseException) -> str:
@@ -78,72 +79,82 @@ def one_line(error: BaseException) -> str:
     return ": ".join(parts)
 
 
-def job_overrides(args: list[str]) -> list[list[str]] | None:
-    """The override lists of the jobs `args` would launch, or None when Hydra is asked something else."""
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
-                 "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--resolve",
-                 "--package", "-p") or a.startswith("--info=") for a in args):
-        return None
-    overrides = [a for a in args if a not in ("-m", "--multirun")]
-    if not ("-m" in args or "--multirun" in args):
-        return [overrides]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+HYDRA_QUERIES = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
+                 "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--resolve", "--package", "-p")
 
 
 def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Path, RunConfig]], list[str]]:
-    """Compose and validate the configuration of every job `args` would run, and (with `directories`) check that
-    each may start in its run directory (`dns.rundir`); returns their run directories and configurations, and
-    `args` with that directory pinned (the default names hold the time: Hydra must not name it a second later).
-    Raises ConfigError / RunDirError at the first bad job."""
-    try:
-        jobs = job_overrides(args)
-    except Exception as e:  # Hydra's override grammar errors
-        raise ConfigError(one_line(e)) from None
-    if jobs is None:
-        return [], args
+    """Compose and validate the configuration of every job `args` would run (a search: its fixed settings and the
+    ends of its ranges, `dns.sweep`), and (with `directories`) check that each job may start in its run directory
+    (`dns.rundir`); returns their run directories and configurations, and `args` with that directory pinned (the
+    default names hold the time: Hydra must not name it a second later). Raises ConfigError / RunDirError at the
+    first bad job."""
+    if any(a in HYDRA_QUERIES or a.startswith("--info=") for a in args):
+        return [], args  # Hydra is asked something else than a run
     sweeping = "-m" in args or "--multirun" in args
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
     checked: list[tuple[Path, RunConfig]] = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        pin = pinned_directory(jobs[0], sweeping)
+        try:
+            base = sweep.base_overrides(overrides) if sweeping else overrides
+            todo = sweep.plan(overrides, compose_hydra(base).hydra.sweeper if sweeping else None)
+        except ConfigError:
+            raise
+        except Exception as e:  # Hydra's override grammar; a range in a grid sweep
+            raise ConfigError(one_line(e)) from None
+        pin = pinned_directory(todo.configs[0], sweeping)
         if pin is not None:
             args = pinned(args, pin)
-            jobs = [pinned(job, pin) for job in jobs]
-        for number, overrides in enumerate(jobs):
+            todo.configs = [pinned(job, pin) for job in todo.configs]
+        for number, job in enumerate(todo.configs):
+            cfg = compose_hydra(job)
+            # a grid's configuration is its job's; a search's jobs take their directories from its first
+            numbers = [number] if todo.grid else range(todo.jobs) if number == 0 else []
+            try:  # the directory's name may use settings (${model.name}): if it fails, they say why first
+                run_dirs = [job_dir(cfg, n if sweeping else None) for n in numbers]
+                sweep_dir = Path(cfg.hydra.sweep.dir) if sweeping else None
+                naming_error = None
+            except Exception as e:
+                naming_error = e
+            with open_dict(cfg):
+                hydra_settings = cfg.pop("hydra")
             try:
-                cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-                try:  # the directory's name may use settings (${model.name}): if it fails, they say why first
-                    run_dir = job_dir(cfg, number if sweeping else None)
-                    sweep_dir = Path(cfg.hydra.sweep.dir) if sweeping else None
-                    naming_error = None
-                except Exception as e:
-                    naming_error = e
-                with open_dict(cfg):
-                    del cfg["hydra"]
                 run = validate(cfg)
-                if naming_error is not None:
-                    raise naming_error
+                if "dns.sweep" in str(OmegaConf.select(hydra_settings, "sweeper.custom_search_space")):
+                    sweep.searched_layers(run)  # the layers a dns_optuna trial will set
             except ConfigError:
                 raise
-            except MissingConfigException as e:  # model=foo: name the choices (the schemas are not choices)
-                group, _, name = (e.missing_cfg_file or "").rpartition("/")
-                if not group:  # the primary config itself: the package runs without its configs
-                    raise ConfigError(f"the configs ({CONFIG_MODULE}) are not found: install the package with "
-                                      f"pip install -e . from its checkout") from None
-                choices = [o for o in e.options or [] if not o.startswith("base_")]
-                raise ConfigError(f"unknown {group} {name!r}: use {group}=<{'|'.join(choices)}>") from None
-            except Exception as e:  # unknown keys or groups, wrong types, missing values
+            except Exception as e:
                 raise ConfigError(one_line(e)) from None
-            shared = [n for n, (other, _) in enumerate(checked) if other == run_dir]
-            if shared:
-                raise ConfigError(f"jobs {shared[0]} and {number} of the sweep would share the run directory "
-                                  f"{run_dir}: give hydra.sweep.subdir a value per job, e.g. ${{hydra.job.num}}")
-            if directories:
-                check_start(run_dir, run.resume, run.overwrite, sweep_dir)
-            if run.resume:
-                check_resume(run, run_dir)
-            checked.append((run_dir, run))
+            if naming_error is not None:
+                raise ConfigError(one_line(naming_error))
+            for run_dir in run_dirs:
+                shared = [n for n, (other, _) in enumerate(checked) if other == run_dir]
+                if shared:
+                    raise ConfigError(f"jobs {shared[0]} and {len(checked)} of the sweep would share the run "
+                                      f"directory {run_dir}: give hydra.sweep.subdir a value per job, e.g. "
+                                      f"${{hydra.job.num}}")
+                if directories:
+                    check_start(run_dir, run.resume, run.overwrite, sweep_dir)
+                if run.resume and todo.grid:
+                    check_resume(run, run_dir)
+                checked.append((run_dir, run))
     return checked, args
+
+
+def compose_hydra(overrides: list[str]) -> DictConfig:
+    """The configuration of one job, Hydra's settings included; composition errors as one ConfigError."""
+    try:
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:  # model=foo: name the choices (the schemas are not choices)
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if not group:  # the primary config itself: the package runs without its configs
+            raise ConfigError(f"the configs ({CONFIG_MODULE}) are not found: install the package with "
+                              f"pip install -e . from its checkout") from None
+        choices = [o for o in e.options or [] if not o.startswith("base_")]
+        raise ConfigError(f"unknown {group} {name!r}: use {group}=<{'|'.join(choices)}>") from None
+    except Exception as e:  # unknown keys or groups, wrong types, missing values
+        raise ConfigError(one_line(e)) from None
 
 
 def pinned_directory(overrides: list[str], sweeping: bool) -> str | None:
@@ -199,8 +210,9 @@ def check_resume(run, run_dir: Path) -> None:
                           f"settings, or start a new run")
 
 
-# Settings that do not change a run's result: the data may move, a resumed run may load it differently.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "dataset.root", "dataset.workers", "checkpoint.every"}
+# Settings that do not change a run's result (threads: but for float order): the data may move, a resumed run may
+# load it differently.
+RESUME_MAY_CHANGE = {"resume", "overwrite", "dataset.root", "dataset.workers", "checkpoint.every", "threads"}
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -282,9 +294,23 @@ def main() -> None:
         if run.overwrite:
             clear_run(run_dir)
     _train()
-    if FAILED_JOBS:
-        print(f"dns-train: {len(FAILED_JOBS)} job(s) failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
+    failed = unfinished([run_dir for run_dir, _ in jobs]) if "-m" in sys.argv or "--multirun" in sys.argv else []
+    if failed:  # read from the jobs' reports: whichever process or machine a launcher ran them in
+        print(f"dns-train: {len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
+
+
+def unfinished(run_dirs: list[Path]) -> list[str]:
+    """'DIR (status)' for each run directory whose report.json does not say completed."""
+    found = []
+    for run_dir in run_dirs:
+        try:
+            status = json.loads((run_dir / "report.json").read_text())["status"]
+        except (OSError, ValueError, KeyError, TypeError):
+            status = "no report"
+        if status != "completed":
+            found.append(f"{run_dir} ({status})")
+    return found
 
 
 def eval_main(argv: list[str] | None = None) -> None:

@@ -193,6 +193,7 @@ class RunConfig:
     channels_last: bool = False  # CUDA: NHWC memory layout for convolutional models
     log_every: int = 100  # iterations between history rows
     eval_every: int = 1000  # iterations between test-set evaluations (and at the end of each stage)
+    threads: Optional[int] = None  # torch's CPU threads (null: its default; a joblib sweep shares the cores)
 
 
 def register_configs() -> None:
@@ -283,7 +284,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
                        ("dataset.test_batch_size", run.dataset.test_batch_size),
                        ("dataset.num_classes", run.dataset.num_classes), ("lr_policy.step_size", run.lr_policy.step_size),
                        ("dataset.image_size", run.dataset.image_size), ("dataset.resize_size", run.dataset.resize_size),
-                       ("log_every", run.log_every), ("eval_every", run.eval_every)]:
+                       ("log_every", run.log_every), ("eval_every", run.eval_every), ("threads", run.threads)]:
         require(value is None or value > 0, f"{key}={value} must be > 0")
     require(0 <= run.optimizer.momentum < 1, f"optimizer.momentum={run.optimizer.momentum} must lie in [0, 1)")
     require(0 <= s.margin < 1, f"surgery.margin={s.margin} must lie in [0, 1)")

@@ -376,6 +376,8 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     state = load_checkpoint(latest) if cfg.resume and latest.is_file() else None
     if cfg.resume and state is None:
         log.info("resume: no checkpoint in %s yet, starting from the beginning", out_dir)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     rank, world_size = distributed.world()
     device = pick_device(cfg.device)
     if world_size > 1:

@@ -245,6 +245,16 @@ BAD_INPUT = [
     (["-m", "surgery.c=1,2", "hydra.sweep.dir={files}/sweep"], "{files}/sweep/1 already holds a run"),
     (["-m", "surgery.c=1,2", "resume=true", "hydra.sweep.dir=/nonexistent/sweep"],
      "resume=true: there is no sweep directory /nonexistent/sweep"),
+    (["threads=0"], "threads=0 must be > 0"),
+    # every launcher and sweeper: refused before any job starts
+    (["-m", "hydra/launcher=joblib", "surgery.c=1,2", "surgery.margin=2"], "surgery.margin=2.0 must lie in [0, 1)"),
+    (["-m", "hydra/launcher=submitit_local", "seed=0,1", "surgery.c_per_layer.fc9=2"],
+     "surgery.c_per_layer: 'fc9' matches no layer"),
+    (["-m", "hydra/sweeper=dns_optuna", "surgery.margin=interval(0.5,2)"], "surgery.margin=2.0 must lie in [0, 1)"),
+    (["-m", "hydra/sweeper=dns_optuna", "surgery.c_per_layer.fc9=interval(1,2)"],
+     "surgery.c_per_layer: 'fc9' matches no layer"),
+    (["-m", "hydra/sweeper=dns_optuna", "hydra.sweep.dir={files}/sweep"], "{files}/sweep/1 already holds a run"),
+    (["-m", "surgery.c=interval(1,2)"], "surgery.c=interval(1,2): a grid sweep takes lists of values"),
 ]
 
 
