@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dns import sweep
 from dns.config import ConfigError, RunConfig, register_configs, validate
-from dns.rundir import RunDirError, RunLock, check_start, clear_run
+from dns.rundir import RunDirError, RunLock, check_start, clear_run, run_state
 
 CONFIG_MODULE = "dns.conf"
 USAGE_ERROR = 2
@@ -34,7 +34,6 @@ register_configs()
 def _train(cfg: DictConfig) -> float | tuple[float, float] | None:
     """One job, in this process or in a launcher's (joblib's workers, submitit's jobs): a failed job of a sweep
     returns None, and main() counts it from its report, whichever process ran it."""
-    from dns.sweep import cores, job_threads, objective
     from dns.train import Stop, run
 
     hydra_cfg = HydraConfig.get()
@@ -43,8 +42,8 @@ def _train(cfg: DictConfig) -> float | tuple[float, float] | None:
     log = logging.getLogger("dns")
     try:
         job = validate(cfg)
-        if job.threads is None:  # jobs side by side on this machine share its cores
-            job.threads = job_threads(hydra_cfg.launcher, cores())
+        if job.threads is None and sweeping:  # jobs side by side on this machine share its cores
+            job.threads = sweep.job_threads(hydra_cfg.launcher, sweep.cores())
         if job.resume and sweeping:  # a search's jobs are known only now; a grid's were checked before any ran
             check_resume(job, out_dir)
         report = run(job, out_dir)
@@ -62,7 +61,7 @@ def _train(cfg: DictConfig) -> float | tuple[float, float] | None:
     for warning in report["warnings"]:  # e.g. a layer cut away: legal, but the user must see it
         print(f"dns-train: warning: {out_dir}: {warning}", file=sys.stderr)
     log.info("report: %s", out_dir / "report.json")
-    return objective(report, OmegaConf.select(hydra_cfg, "sweeper.direction"))  # what a sweeper optimises
+    return sweep.objective(report, OmegaConf.select(hydra_cfg, "sweeper.direction"))  # what a sweeper optimises
 
 
 def one_line(error: BaseException) -> str:
@@ -106,28 +105,28 @@ def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Pa
         if pin is not None:
             args = pinned(args, pin)
             todo.configs = [pinned(job, pin) for job in todo.configs]
+        runs = []
         for number, job in enumerate(todo.configs):
             cfg = compose_hydra(job)
-            # a grid's configuration is its job's; a search's jobs take their directories from its first
-            numbers = [number] if todo.grid else range(todo.jobs) if number == 0 else []
             try:  # the directory's name may use settings (${model.name}): if it fails, they say why first
+                # a grid's configuration is its job's; a search's jobs take their directories from its first
+                numbers = [number] if todo.grid else range(todo.jobs) if number == 0 else []
                 run_dirs = [job_dir(cfg, n if sweeping else None) for n in numbers]
                 sweep_dir = Path(cfg.hydra.sweep.dir) if sweeping else None
                 naming_error = None
             except Exception as e:
                 naming_error = e
             with open_dict(cfg):
-                hydra_settings = cfg.pop("hydra")
+                search_space = OmegaConf.select(cfg.pop("hydra"), "sweeper.custom_search_space")
             try:
                 run = validate(cfg)
-                if "dns.sweep" in str(OmegaConf.select(hydra_settings, "sweeper.custom_search_space")):
-                    sweep.searched_layers(run)  # the layers a dns_optuna trial will set
             except ConfigError:
                 raise
-            except Exception as e:
+            except Exception as e:  # wrong types, missing values
                 raise ConfigError(one_line(e)) from None
             if naming_error is not None:
                 raise ConfigError(one_line(naming_error))
+            runs.append(run)
             for run_dir in run_dirs:
                 shared = [n for n, (other, _) in enumerate(checked) if other == run_dir]
                 if shared:
@@ -139,6 +138,11 @@ def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Pa
                 if run.resume and todo.grid:
                     check_resume(run, run_dir)
                 checked.append((run_dir, run))
+        if search_space == sweep.DNS_SEARCH_SPACE:
+            try:
+                sweep.check_search_space(runs, todo)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     return checked, args
 
 
@@ -293,24 +297,16 @@ def main() -> None:
     for run_dir, run in jobs if rank == 0 else []:
         if run.overwrite:
             clear_run(run_dir)
-    _train()
-    failed = unfinished([run_dir for run_dir, _ in jobs]) if "-m" in sys.argv or "--multirun" in sys.argv else []
-    if failed:  # read from the jobs' reports: whichever process or machine a launcher ran them in
-        print(f"dns-train: {len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
+    sweeping = "-m" in sys.argv or "--multirun" in sys.argv
+    try:
+        _train()
+    finally:  # also when Hydra or a launcher ends the sweep (a job killed on a cluster, a worker out of memory)
+        failed = [f"{run_dir} ({run_state(run_dir)})" for run_dir, _ in jobs
+                  if sweeping and run_state(run_dir) != "completed"]
+        if failed:  # read from the jobs' reports: whichever process or machine a launcher ran them in
+            print(f"dns-train: {len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
+    if failed:
         sys.exit(1)
-
-
-def unfinished(run_dirs: list[Path]) -> list[str]:
-    """'DIR (status)' for each run directory whose report.json does not say completed."""
-    found = []
-    for run_dir in run_dirs:
-        try:
-            status = json.loads((run_dir / "report.json").read_text())["status"]
-        except (OSError, ValueError, KeyError, TypeError):
-            status = "no report"
-        if status != "completed":
-            found.append(f"{run_dir} ({status})")
-    return found
 
 
 def eval_main(argv: list[str] | None = None) -> None:

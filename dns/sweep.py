@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from omegaconf import OmegaConf, open_dict
 
 BASIC_SWEEPER = "BasicSweeper"  # the end of the basic sweeper's _target_
 C_RANGE = (1.0, 7.0)  # where dns_optuna searches each layer's c unless the command line gives a range
@@ -26,58 +27,70 @@ C_STEP = 0.25  # a power of two: the values print as typed (4.25, not 4.30000000
 class SweepPlan:
     """What a command line runs: `configs` are the override lists whose configurations must all be valid before
     any work; a grid's are its jobs in order (`grid`), a search's its fixed settings first, then each searched
-    value or range end in turn. `jobs` counts the job directories the sweep uses (numbers 0 to jobs - 1)."""
+    value or range end in turn. `jobs` counts the job directories the sweep uses (numbers 0 to jobs - 1);
+    `searched` names the keys a search draws, `keys` every key the command line sets."""
     configs: list[list[str]]
     jobs: int
     grid: bool
+    searched: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
 
 def parse(args: list[str]) -> list[Override]:
     return OverridesParser.create().parse_overrides(args)
 
 
-def values(override: Override) -> list[str]:
-    """`key=value` for each value a sweep override takes (the two ends of a range), or the override itself."""
+def values(override: Override, grid: bool) -> list[str]:
+    """`key=value` for each value `override` takes: in a grid the strings Hydra's basic sweeper makes, in a search
+    each value of a list and each end of a range or interval (Optuna's ranges hold their stop)."""
     key = override.get_key_element()
     if not override.is_sweep_override():
-        return [override.input_line]
+        return [f"{key}={override.get_value_element_as_str()}"]
+    if key.lstrip("+~").startswith("hydra."):
+        raise ValueError(f"{override.input_line}: Hydra's own settings take one value in a sweep: run one sweep "
+                         f"per value")
     if override.is_discrete_sweep():
-        return [f"{key}={v}" for v in override.sweep_string_iterator()]
+        if getattr(override.value(), "shuffle", False):
+            raise ValueError(f"{override.input_line}: dns-train numbers and checks a sweep's jobs before they run: "
+                             f"give the values in the order wanted instead of shuffle()")
+        found = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        if not grid and override.is_range_sweep():
+            found.append(f"{key}={override.value().stop}")
+        return found
+    if grid:
+        raise ValueError(f"{override.input_line}: a grid sweep takes lists of values (a,b,c or range(...)); a "
+                         f"range is searched by hydra/sweeper=dns_optuna")
     interval = override.value()
     return [f"{key}={interval.start}", f"{key}={interval.end}"]
 
 
-def by_key(overrides: list[Override]) -> dict[str, list[str]]:
+def by_key(args: list[str], grid: bool) -> dict[str, list[str]]:
     """The values of each key, a key given twice taking its last values at its first place (as Hydra does)."""
     keyed: dict[str, list[str]] = {}
-    for override in overrides:
-        keyed[override.get_key_element()] = values(override)
+    for override in parse(args):
+        keyed[override.get_key_element()] = values(override, grid)
     return keyed
 
 
 def base_overrides(args: list[str]) -> list[str]:
     """`args` with each sweep at its first value: a configuration that composes, to read the sweep's settings."""
-    return [vals[0] for vals in by_key(parse(args)).values()]
+    return [vals[0] for vals in by_key(args, grid=False).values()]
 
 
 def grid_jobs(args: list[str]) -> list[list[str]]:
     """The override lists of a grid sweep's jobs, in Hydra's order: the product of every key's values."""
-    keyed = by_key(parse(args))
-    interval = next((o for o in parse(args) if o.is_sweep_override() and not o.is_discrete_sweep()), None)
-    if interval is not None:
-        raise ValueError(f"{interval.input_line}: a grid sweep takes lists of values (a,b,c or range(...)); a range "
-                         f"is searched by hydra/sweeper=dns_optuna")
-    return [list(job) for job in itertools.product(*keyed.values())]
+    return [list(job) for job in itertools.product(*by_key(args, grid=True).values())]
 
 
-def search_configs(args: list[str]) -> list[list[str]]:
-    """The fixed settings of a search, then the same with each searched key at each of its values or ends."""
-    keyed = by_key(parse(args))
+def search_plan(args: list[str], trials: int) -> SweepPlan:
+    """A search's fixed settings, then the same with each searched key at each of its other values or ends."""
+    keyed = by_key(args, grid=False)
     base = [vals[0] for vals in keyed.values()]
     configs = [base]
     for i, vals in enumerate(keyed.values()):
         configs += [base[:i] + [value] + base[i + 1:] for value in vals[1:]]
-    return configs
+    searched = [key.lstrip("+") for key, override in zip(keyed, parse(args)) if override.is_sweep_override()]
+    return SweepPlan(configs, trials, grid=False, searched=searched, keys=[key.lstrip("+") for key in keyed])
 
 
 def plan(args: list[str], sweeper: Mapping[str, Any] | None) -> SweepPlan:
@@ -89,7 +102,7 @@ def plan(args: list[str], sweeper: Mapping[str, Any] | None) -> SweepPlan:
     if str(sweeper.get("_target_", "")).endswith(BASIC_SWEEPER):
         jobs = grid_jobs(params + args)
         return SweepPlan(jobs, len(jobs), grid=True)
-    return SweepPlan(search_configs(params + args), int(sweeper.get("n_trials") or 0), grid=False)
+    return search_plan(params + args, int(sweeper.get("n_trials") or 0))
 
 
 def cores() -> int:
@@ -115,17 +128,30 @@ def job_threads(launcher: Mapping[str, Any], cpus: int) -> int | None:
     return None
 
 
-def objective(report: Mapping[str, Any], directions: Any) -> float | tuple[float, float]:
-    """What dns-train returns to a sweeper: the final test error (a fraction), or, to a study of two directions (dns_optuna:
-    minimize, maximize), the error and the compression."""
+def objective(report: Mapping[str, Any], directions: Any) -> float | tuple[float, float] | None:
+    """What dns-train returns to a sweeper: the final test error (a fraction), or, to a study of two directions
+    (dns_optuna: minimize, maximize), the error and the compression (None if no layer was operated on)."""
     error = float(report["test"]["final_error"])
-    if directions is not None and not isinstance(directions, str) and len(directions) == 2:
-        return error, float(report["total"]["compression"] or 0.0)
+    if isinstance(directions, (list, tuple)) or OmegaConf.is_list(directions):
+        if len(directions) == 2:
+            total = report["total"]
+            return (error, float(total["compression"] or 0.0)) if total else None
     return error
 
 
-def searched_layers(run) -> list[str]:
-    """The layers whose c dns_optuna searches: every layer the run operates on (a RunConfig)."""
+DNS_SEARCH_SPACE = "dns.sweep.c_per_layer_space"  # dns_optuna's custom_search_space
+
+
+def drawn_layers(run, searched, given) -> list[str]:
+    """The layers whose c dns_optuna draws for `run` (a RunConfig): every layer it operates on, but those whose
+    c the command line gives (`given` keys) or searches itself, and none when it searches surgery.c (`searched`)."""
+    if "surgery.c" in searched:
+        return []
+    return [name for name in operated_layers(run) if f"surgery.c_per_layer.{name}" not in given]
+
+
+def operated_layers(run) -> list[str]:
+    """The layers `run` operates on, in order; refused when an override key cannot name them (a dotted name)."""
     import torch
 
     from dns.config import model_args
@@ -137,23 +163,33 @@ def searched_layers(run) -> list[str]:
     kinds = {name: layer_kind(layer) for name, layer in prunable_layers(model).items()}
     layers = [name for phase in surgery_phases(run, kinds) for name in phase.c]
     dotted = [name for name in layers if "." in name]
-    if dotted:  # an override key cannot hold a dot of its own
-        raise ValueError(f"dns_optuna searches c layer by layer, but {run.model.name}'s layers have dotted names "
-                         f"({dotted[0]}): search surgery.c=interval(LOW,HIGH) instead")
+    if dotted:  # surgery.c_per_layer.layer1.0.conv1=2 would be a nested key
+        raise ValueError(f"dns_optuna draws c layer by layer, but {run.model.name}'s layers have dotted names "
+                         f"({dotted[0]}): search 'surgery.c=interval(LOW,HIGH)' instead")
     return layers
 
 
-def c_per_layer_space(cfg: Any, trial: Any) -> None:
-    """dns_optuna's search space (its custom_search_space): the c of every layer the run operates on, in C_RANGE,
-    unless the command line searches surgery.c or surgery.c_per_layer itself. Optuna calls it for each trial."""
-    from omegaconf import OmegaConf, open_dict
+def check_search_space(runs: list, todo: SweepPlan) -> None:
+    """dns_optuna before its study: the layers whose c it draws are the same in every configuration the study can
+    reach (the master configuration it draws from holds no searched value), and it has something to search."""
+    drawn = [drawn_layers(run, todo.searched, todo.keys) for run in runs]
+    if any(layers != drawn[0] for layers in drawn):
+        other = next(layers for layers in drawn if layers != drawn[0])
+        raise ValueError(f"dns_optuna draws c for the layers of one configuration, but the searched settings change "
+                         f"them ({','.join(drawn[0])} against {','.join(other)}): search one network and layer "
+                         f"selection at a time, or give the surgery.c_per_layer ranges yourself")
+    if not drawn[0] and not todo.searched:
+        raise ValueError("dns_optuna has nothing to search: every layer's c is given; give a range, e.g. "
+                         "'surgery.c_per_layer.fc1=interval(4,6)'")
 
-    given = {key.lstrip("+") for key in [*trial.params, *trial.user_attrs]}
-    if "surgery.c" in given:
-        return
+
+def c_per_layer_space(cfg: Any, trial: Any) -> None:
+    """dns_optuna's search space (its custom_search_space): `drawn_layers` in C_RANGE. Optuna calls it for each
+    trial after drawing the command line's ranges (trial.params); its fixed settings are trial.user_attrs."""
     job = cfg.copy()  # the sweep's configuration, its schema kept, without Hydra's settings
     with open_dict(job):
         job.pop("hydra", None)
-    for name in searched_layers(OmegaConf.to_object(job)):  # dns-train validated it before the study began
-        if f"surgery.c_per_layer.{name}" not in given:
-            trial.suggest_float(f"surgery.c_per_layer.{name}", *C_RANGE, step=C_STEP)
+    run = OmegaConf.to_object(job)  # dns-train validated it before the study began
+    given = {key.lstrip("+") for key in [*trial.params, *trial.user_attrs]}
+    for name in drawn_layers(run, {key.lstrip("+") for key in trial.params}, given):
+        trial.suggest_float(f"surgery.c_per_layer.{name}", *C_RANGE, step=C_STEP)

@@ -376,6 +376,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     state = load_checkpoint(latest) if cfg.resume and latest.is_file() else None
     if cfg.resume and state is None:
         log.info("resume: no checkpoint in %s yet, starting from the beginning", out_dir)
+    threads = torch.get_num_threads()  # restored at the end: the next job of a sweep may run in this process
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     rank, world_size = distributed.world()
@@ -410,6 +411,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     finally:
         history.close()
         distributed.stop()
+        torch.set_num_threads(threads)
     if main:
         write_reports(out_dir, report)
     return report

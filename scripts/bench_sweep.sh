@@ -8,6 +8,7 @@ threads=${THREADS:-2}
 n_jobs=${N_JOBS:-2}
 out=${OUT:-outputs/bench_sweep}
 rm -rf "$out"
+mkdir -p "$(dirname "$out")"
 sweep=(-m model=lenet300 reference.iters=2000 surgery.iters=2000 finetune.iters=500 eval_every=1000
        checkpoint.every=0 seed=0,1,2,3,4,5)
 start=$SECONDS

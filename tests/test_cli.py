@@ -255,6 +255,12 @@ BAD_INPUT = [
      "surgery.c_per_layer: 'fc9' matches no layer"),
     (["-m", "hydra/sweeper=dns_optuna", "hydra.sweep.dir={files}/sweep"], "{files}/sweep/1 already holds a run"),
     (["-m", "surgery.c=interval(1,2)"], "surgery.c=interval(1,2): a grid sweep takes lists of values"),
+    (["-m", "hydra.launcher.n_jobs=1,2", "seed=1"], "Hydra's own settings take one value in a sweep"),
+    (["-m", "seed=shuffle(1,2)"], "give the values in the order wanted instead of shuffle()"),
+    (["-m", "hydra/sweeper=dns_optuna", "model=choice(lenet5,lenet300)"],
+     "the searched settings change them (conv1,conv2,fc1,fc2 against fc1,fc2,fc3)"),
+    (["-m", "hydra/sweeper=dns_optuna", "model=lenet300", "surgery.c_per_layer.fc1=5", "surgery.c_per_layer.fc2=2",
+      "surgery.c_per_layer.fc3=2"], "dns_optuna has nothing to search"),
 ]
 
 

@@ -28,13 +28,20 @@ def config_of(folder, n):
     return json.loads((folder / str(n) / "report.json").read_text())["config"]
 
 
-def test_grid_jobs_are_hydras_product_in_order():
-    assert sweep.grid_jobs(["seed=1,2", "surgery.c=1,2,3", "model=lenet300"]) == [
-        ["seed=1", f"surgery.c={c}", "model=lenet300"] if s == 1 else ["seed=2", f"surgery.c={c}", "model=lenet300"]
-        for s in (1, 2) for c in (1, 2, 3)]
-    assert sweep.grid_jobs(["seed=range(0,3)"]) == [["seed=0"], ["seed=1"], ["seed=2"]]
-    # a key given twice keeps its first place and its last values, as Hydra's basic sweeper does
-    assert sweep.grid_jobs(["seed=1,2", "surgery.c=1", "seed=3"]) == [["seed=3", "surgery.c=1"]]
+@pytest.mark.parametrize("args", [
+    ["seed=1,2", "surgery.c=1,2,3", "model=lenet300"],
+    ["seed=range(0,3)", "surgery.lr=1e-2", "surgery.layers=[fc1, fc2]", "+foo=bar"],
+    ["seed=1,2", "surgery.c=1", "seed=3"],  # a key given twice: its first place, its last values
+    ["surgery.c_per_layer={fc1: 5, fc2: 2}", "surgery.margin=0.1,0.2", "hydra.sweep.dir='a b'"],
+])
+def test_grid_jobs_are_hydras_own(args):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the test may look inside Hydra; dns not
+
+    hydras = BasicSweeper.split_arguments(sweep.parse(args), None)[0]
+    assert sweep.grid_jobs(args) == hydras  # the same jobs, in the same order, the same strings (directory names)
+
+
+def test_a_sweepers_params_come_first_and_a_grid_takes_no_range():
     plan = sweep.plan(["surgery.c=1,2"], {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                                           "params": {"seed": "0,1"}})
     assert plan.grid and plan.jobs == 4 and plan.configs[1] == ["seed=0", "surgery.c=2"]
@@ -43,13 +50,19 @@ def test_grid_jobs_are_hydras_product_in_order():
 
 
 def test_a_search_checks_its_fixed_settings_and_each_end_of_its_ranges():
-    plan = sweep.plan(["model=lenet300", "surgery.lr=interval(0.005,0.02)", "seed=choice(0,1,2)"],
+    plan = sweep.plan(["model=lenet300", "surgery.lr=interval(0.005,0.02)", "seed=choice(0,1,2)",
+                       "surgery.margin=range(0.1,0.3,0.1)"],
                       {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_trials": 7})
     assert not plan.grid and plan.jobs == 7
-    assert plan.configs == [["model=lenet300", "surgery.lr=0.005", "seed=0"],
-                            ["model=lenet300", "surgery.lr=0.02", "seed=0"],
-                            ["model=lenet300", "surgery.lr=0.005", "seed=1"],
-                            ["model=lenet300", "surgery.lr=0.005", "seed=2"]]
+    base = ["model=lenet300", "surgery.lr=0.005", "seed=0", "surgery.margin=0.1"]
+    assert plan.configs[0] == base
+    assert [c for c in plan.configs[1:]] == [
+        ["model=lenet300", "surgery.lr=0.02", "seed=0", "surgery.margin=0.1"],
+        ["model=lenet300", "surgery.lr=0.005", "seed=1", "surgery.margin=0.1"],
+        ["model=lenet300", "surgery.lr=0.005", "seed=2", "surgery.margin=0.1"],
+        ["model=lenet300", "surgery.lr=0.005", "seed=0", "surgery.margin=0.2"],
+        ["model=lenet300", "surgery.lr=0.005", "seed=0", "surgery.margin=0.3"]]  # Optuna's range holds its stop
+    assert plan.searched == ["surgery.lr", "seed", "surgery.margin"] and plan.keys[0] == "model"
 
 
 @pytest.mark.parametrize("launcher, cpus, threads", [
@@ -72,6 +85,8 @@ def test_the_objective_is_the_error_or_error_and_compression():
     assert sweep.objective(report, None) == 0.0213
     assert sweep.objective(report, "minimize") == 0.0213
     assert sweep.objective(report, OmegaConf.create(["minimize", "maximize"])) == (0.0213, 57.5)
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction  # Hydra's stock optuna sweeper: an enum
+    assert sweep.objective(report, Direction.minimize) == 0.0213
 
 
 class FakeTrial:
@@ -88,7 +103,7 @@ def composed(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_dns_optuna_searches_c_of_every_layer_the_run_operates_on():
+def test_dns_optuna_draws_c_of_every_layer_the_run_operates_on():
     trial = FakeTrial()
     sweep.c_per_layer_space(composed("model=lenet5"), trial)
     assert trial.params == {f"surgery.c_per_layer.{n}": (1.0, 7.0, 0.25) for n in ("conv1", "conv2", "fc1", "fc2")}
@@ -98,8 +113,22 @@ def test_dns_optuna_searches_c_of_every_layer_the_run_operates_on():
     trial = FakeTrial(params={"surgery.c": 2.0})  # surgery.c searched: no per-layer c would let it act
     sweep.c_per_layer_space(composed("model=lenet300"), trial)
     assert trial.params == {"surgery.c": 2.0}
-    with pytest.raises(ValueError, match=r"dotted names \(layer1.0.conv1\): search surgery.c=interval"):
-        sweep.c_per_layer_space(composed("model=resnet20", "dataset=cifar10"), FakeTrial())
+    trial = FakeTrial(user_attrs={"surgery.c": "2"})  # surgery.c fixed: the layers' c are still drawn
+    sweep.c_per_layer_space(composed("model=lenet300"), trial)
+    assert len(trial.params) == 3
+
+
+def test_dns_optuna_is_checked_against_what_it_can_draw():
+    def runs(*configs):
+        return [OmegaConf.to_object(composed(*c)) for c in configs]
+    resnet = ("model=resnet20", "dataset=cifar10")
+    searching_c = sweep.SweepPlan([], 5, grid=False, searched=["surgery.c"], keys=["surgery.c"])
+    sweep.check_search_space(runs(resnet), searching_c)  # the ResNets: surgery.c searched, nothing drawn per layer
+    with pytest.raises(ValueError, match=r"dotted names \(layer1.0.conv1\): search 'surgery.c=interval"):
+        sweep.check_search_space(runs(resnet), sweep.SweepPlan([], 5, grid=False))
+    with pytest.raises(ValueError, match="the searched settings change them"):
+        sweep.check_search_space(runs(["model=lenet300"], ["model=lenet300", "surgery.layers=[fc1]"]),
+                                 sweep.SweepPlan([], 5, grid=False, searched=["surgery.layers"]))
 
 
 def test_a_joblib_sweep_runs_in_parallel_processes_and_counts_the_failed_job(dns_train, tmp_path):
