@@ -301,8 +301,8 @@ def main() -> None:
     try:
         _train()
     finally:  # also when Hydra or a launcher ends the sweep (a job killed on a cluster, a worker out of memory)
-        failed = [f"{run_dir} ({run_state(run_dir)})" for run_dir, _ in jobs
-                  if sweeping and run_state(run_dir) != "completed"]
+        states = {run_dir: run_state(run_dir) for run_dir, _ in jobs} if sweeping else {}
+        failed = [f"{run_dir} ({state})" for run_dir, state in states.items() if state != "completed"]
         if failed:  # read from the jobs' reports: whichever process or machine a launcher ran them in
             print(f"dns-train: {len(failed)} job(s) failed: {', '.join(failed)}", file=sys.stderr)
     if failed:

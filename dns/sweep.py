@@ -89,7 +89,7 @@ def search_plan(args: list[str], trials: int) -> SweepPlan:
     configs = [base]
     for i, vals in enumerate(keyed.values()):
         configs += [base[:i] + [value] + base[i + 1:] for value in vals[1:]]
-    searched = [key.lstrip("+") for key, override in zip(keyed, parse(args)) if override.is_sweep_override()]
+    searched = [key.lstrip("+") for key, vals in keyed.items() if len(vals) > 1]  # a key's last values count
     return SweepPlan(configs, trials, grid=False, searched=searched, keys=[key.lstrip("+") for key in keyed])
 
 
