@@ -80,6 +80,7 @@ def one_line(error: BaseException) -> str:
 
 HYDRA_QUERIES = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
                  "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--resolve", "--package", "-p")
+HYDRA_MODES = ("--run", "-r", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")  # each excludes -m
 
 
 def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Path, RunConfig]], list[str]]:
@@ -88,10 +89,14 @@ def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Pa
     (`dns.rundir`); returns their run directories and configurations, and `args` with that directory pinned (the
     default names hold the time: Hydra must not name it a second later). Raises ConfigError / RunDirError at the
     first bad job."""
+    sweeping = "-m" in args or "--multirun" in args
+    modes = [a for a in args if a.split("=")[0] in HYDRA_MODES]
+    if sweeping and modes:  # Hydra takes one mode at a time, and says so in a traceback
+        multirun = next(a for a in args if a in ("-m", "--multirun"))
+        raise ConfigError(f"{multirun} and {modes[0]} do not go together (Hydra takes one of them): drop one")
     if any(a in HYDRA_QUERIES or a.startswith("--info=") for a in args):
         return [], args  # Hydra is asked something else than a run
-    sweeping = "-m" in args or "--multirun" in args
-    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    overrides = [a for a in args if a not in ("-m", "--multirun", "-r", "--run")]
     checked: list[tuple[Path, RunConfig]] = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         try:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf, open_dict
@@ -37,7 +38,11 @@ class SweepPlan:
 
 
 def parse(args: list[str]) -> list[Override]:
-    return OverridesParser.create().parse_overrides(args)
+    # glob() lists a config group's options through Hydra's config loader: dns-train parses inside
+    # initialize_config_module; outside it glob() fails with Hydra's own error
+    global_hydra = GlobalHydra.instance()
+    loader = global_hydra.config_loader() if global_hydra.is_initialized() else None
+    return OverridesParser.create(loader).parse_overrides(args)
 
 
 def values(override: Override, grid: bool) -> list[str]:

@@ -4,7 +4,8 @@
         [--models lenet5 lenet300 resnet20] [--data auto|mnist|random] [--reference-steps 2000]
     python scripts/bench_step.py --models resnet20 --steps 20 --repeats 7     # batch 128: about 0.35 s a step
 
-For each model it takes its recipe (conf/experiment/paper_<model>.yaml for the LeNets, <model>_cifar10.yaml for
+For each model it takes its recipe (conf/experiment/paper_<model>.yaml for the LeNets, since 2026-12-04 the
+paper's setting with Caffe's solver, before it torch's SGD; <model>_cifar10.yaml for
 the CIFAR ResNets: its optimizer, batch size, surgery learning rate and weight decay, per-layer c, exclusions,
 iter_stop, gamma and power) and times the mean training step (forward, backward, optimizer update, the
 recipe's batch: 64 for the LeNets, 128 for the ResNets) of

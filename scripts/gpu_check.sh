@@ -21,6 +21,8 @@ python3 -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_
 if [ "$BENCH" = 1 ]; then
     python3 scripts/bench_throughput.py --device "$DEVICE" || failed=1
 fi
+# the paper recipes as they stand (BENCHMARKS.md's GPU section ran them when they shifted the images: now
+# lenet5_shift lenet300_shift, whose CPU runs are in results/)
 for experiment in paper_lenet5 paper_lenet300; do
     start=$SECONDS
     # shellcheck disable=SC2086  # EXTRA is a list of overrides

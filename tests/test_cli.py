@@ -152,6 +152,8 @@ BAD_INPUT = [
     (["resume=true", "hydra.run.dir=/nonexistent/run"], "resume=true: there is no run directory /nonexistent/run"),
     (["resume=true", "surgery.c=3", "hydra.run.dir={files}/run"], "was run with surgery.c=2.0, not 3.0"),
     (["-m", "surgery.c=1,2", "surgery.margin=2"], "surgery.margin=2.0 must lie in [0, 1)"),
+    (["-m", "--cfg", "job", "seed=0,1"], "-m and --cfg do not go together"),
+    (["--multirun", "--info=searchpath", "seed=0,1"], "--multirun and --info=searchpath do not go together"),
     (["surgery.phases=[{layers:[fc9],iters:10}]"], "surgery.phases[0].layers: 'fc9' matches no layer"),
     (["surgery.phases=[{layers:fc,iters:10,c_per_layer:{layer*:2}}]"],
      "surgery.phases[0].c_per_layer: 'layer*' matches no layer"),

@@ -8,7 +8,7 @@ import torch
 from conftest import assert_identical, completed_run, outcome, wait_for_surgery_checkpoint
 
 SURGERY = ["model=lenet300", "reference.iters=200", "surgery.iters=1200", "finetune.iters=200", "surgery.c=2",
-           "finetune.anneal=cosine", "dataset.max_shift=1",  # as the paper recipes: resumed runs see the same shifts
+           "finetune.anneal=cosine", "dataset.max_shift=1",  # as the *_shift recipes: resumed runs see the same shifts
            "eval_every=400", "log_every=50", "checkpoint.every=50"]
 
 

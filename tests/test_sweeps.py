@@ -41,6 +41,15 @@ def test_grid_jobs_are_hydras_own(args):
     assert sweep.grid_jobs(args) == hydras  # the same jobs, in the same order, the same strings (directory names)
 
 
+def test_a_glob_over_a_config_group_lists_its_options():
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="dns.conf", version_base="1.3"):  # as dns-train's check
+        jobs = sweep.grid_jobs(["model=glob(lenet*)", "seed=0,1"])
+    assert jobs == [["model=lenet300", "seed=0"], ["model=lenet300", "seed=1"],
+                    ["model=lenet5", "seed=0"], ["model=lenet5", "seed=1"]]
+
+
 def test_a_sweepers_params_come_first_and_a_grid_takes_no_range():
     plan = sweep.plan(["surgery.c=1,2"], {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                                           "params": {"seed": "0,1"}})
@@ -189,10 +198,11 @@ def test_a_failed_trial_does_not_end_the_study(dns_train, tmp_path):
     assert yaml.safe_load((tmp_path / "study" / "optimization_results.yaml").read_text())["solutions"] == []
 
 
-def test_an_interrupted_joblib_sweep_resumes(data_root, dns_train, tmp_path):
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local"]])
+def test_an_interrupted_sweep_resumes(data_root, dns_train, tmp_path, launcher):
     args = ["-m", "model=lenet300", "reference.iters=2000", "surgery.iters=100", "finetune.iters=0", "log_every=50",
-            "checkpoint.every=50", "seed=1,2", "hydra.sweep.dir=sweep", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2"]
+            "checkpoint.every=50", "seed=1,2", "hydra.sweep.dir=sweep", *launcher]
     proc = subprocess.Popen(dns_train_argv(*args), cwd=tmp_path, start_new_session=True, text=True,
                             env={**os.environ, "DNS_DATA": str(data_root)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

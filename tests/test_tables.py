@@ -110,3 +110,30 @@ def test_reproduce_paper_gives_the_same_tables_twice(tmp_path, data_root):
     md = tables[0][0]
     assert "| LeNet-5 | dns | paper (Guo et al. 2016) |" in md and "| LeNet-300-100 | dns | paper (Guo et al. 2016) |" in md
     assert "mean ± std of paper_lenet5/0, paper_lenet5/1" in md
+    # into the same runs, another recipe and one run again: a rerun recipe's folder emptied first, the others kept
+    env = {**env, "RECIPES": "lenet300_shift paper_lenet300", "SEEDS": "0", "RESULTS": "results_both"}
+    result = subprocess.run(["bash", str(script), *tiny], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tables of: lenet300_shift/ paper_lenet300/ paper_lenet5/" in result.stderr
+    both = (tmp_path / "results_both" / "dns_report.md").read_text()
+    assert "| LeNet-300-100 | dns | lenet300_shift/0 |" in both and "| LeNet-300-100 | dns | paper_lenet300/0 |" in both
+    assert "paper_lenet300/1" not in both and "mean ± std of paper_lenet5/0, paper_lenet5/1" in both
+
+
+@pytest.mark.parametrize("recipe, shift, solver", [
+    ("paper_lenet5", 0, "caffe_sgd"), ("paper_lenet300", 0, "caffe_sgd"),  # the paper's data and solver
+    ("lenet5_shift", 1, "sgd"), ("lenet300_shift", 1, "sgd"),             # the departure, in the name
+    ("paper_lenet5_max", 0, "sgd"), ("paper_lenet300_max", 0, "sgd"),     # as they were measured
+])
+def test_recipe_names_say_what_they_run(recipe, shift, solver):
+    from hydra import compose, initialize_config_module
+
+    import dns.cli  # noqa: F401  (registers the config schemas)
+
+    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={recipe}"])
+    assert (cfg.dataset.max_shift, cfg.optimizer.name) == (shift, solver)
+    lenet5 = recipe.startswith(("paper_lenet5", "lenet5"))
+    assert (cfg.reference.iters, cfg.surgery.iters, cfg.finetune.iters) == \
+        ((10000, 14000, 2000) if lenet5 else (10000, 20000, 5000))  # the paper's iteration counts
+    assert (cfg.surgery.gamma, cfg.surgery.power, cfg.surgery.layers) == (1e-4, 1.0, "all")
