@@ -349,7 +349,8 @@ def plot(runs: list[Run], path: Path) -> None:
                 ax.annotate(peer, (compression, 100 * error), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set(xscale="log", xlabel="compression (parameters / remaining, log scale)", ylabel="test error %",
            title="Error against compression")
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # labels within a decade too
+    low, high = ax.get_xlim()  # labels within a decade too, unless the points span so many that they would overlap
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0) if high <= 100 * low else (1.0,)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
