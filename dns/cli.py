@@ -81,6 +81,12 @@ def one_line(error: BaseException) -> str:
 HYDRA_QUERIES = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
                  "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--resolve", "--package", "-p")
 HYDRA_MODES = ("--run", "-r", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")  # each excludes -m
+MULTIRUN = ("-m", "--multirun")
+
+
+def multirun_flag(args: list[str]) -> str | None:
+    """The -m / --multirun in `args`, if any."""
+    return next((a for a in args if a in MULTIRUN), None)
 
 
 def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Path, RunConfig]], list[str]]:
@@ -89,14 +95,14 @@ def check_jobs(args: list[str], directories: bool = True) -> tuple[list[tuple[Pa
     (`dns.rundir`); returns their run directories and configurations, and `args` with that directory pinned (the
     default names hold the time: Hydra must not name it a second later). Raises ConfigError / RunDirError at the
     first bad job."""
-    sweeping = "-m" in args or "--multirun" in args
+    multirun = multirun_flag(args)
+    sweeping = multirun is not None
     modes = [a for a in args if a.split("=")[0] in HYDRA_MODES]
     if sweeping and modes:  # Hydra takes one mode at a time, and says so in a traceback
-        multirun = next(a for a in args if a in ("-m", "--multirun"))
         raise ConfigError(f"{multirun} and {modes[0]} do not go together (Hydra takes one of them): drop one")
     if any(a in HYDRA_QUERIES or a.startswith("--info=") for a in args):
         return [], args  # Hydra is asked something else than a run
-    overrides = [a for a in args if a not in ("-m", "--multirun", "-r", "--run")]
+    overrides = [a for a in args if a not in (*MULTIRUN, "-r", "--run")]
     checked: list[tuple[Path, RunConfig]] = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         try:
@@ -287,7 +293,7 @@ def main() -> None:
     rank, world_size = world()
     if world_size > 1:  # under torchrun: one job, one run directory for every rank, rank 0 alone writes
         args = sys.argv[1:]
-        if "-m" in args or "--multirun" in args:
+        if multirun_flag(args):
             fail("dns-train", "a distributed run is a single job: drop -m, or sweep outside torchrun")
         if not any(a.startswith("hydra.run.dir=") for a in args):
             fail("dns-train", "under torchrun give hydra.run.dir=DIR, so that every process uses the same run")
@@ -302,7 +308,7 @@ def main() -> None:
     for run_dir, run in jobs if rank == 0 else []:
         if run.overwrite:
             clear_run(run_dir)
-    sweeping = "-m" in sys.argv or "--multirun" in sys.argv
+    sweeping = multirun_flag(sys.argv) is not None
     try:
         _train()
     finally:  # also when Hydra or a launcher ends the sweep (a job killed on a cluster, a worker out of memory)

@@ -103,3 +103,14 @@ def wait_for_surgery_checkpoint(process, run_dir, iteration: int) -> None:
                 return
         time.sleep(0.05)
     pytest.fail("the run never reached surgery")
+
+
+def composed(*overrides: str):
+    """dns-train's configuration for `overrides`, composed as dns-train does (its schemas registered)."""
+    from hydra import compose, initialize_config_module
+
+    from dns.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from dns.config import ConfigError, register_configs, validate
+from dns.config import ConfigError, validate
 from dns.evaluate import evaluate_batches, topk_errors
 from dns.imagenet import ImageFolderBatches, check_image_folder, eval_batches
 from dns.models import get_model
 
-from conftest import CLASSES, dns_train_argv
+from conftest import CLASSES, composed, dns_train_argv
 
 
 def labels_of(batches, n):
@@ -148,9 +147,7 @@ def test_evaluate_batches_gives_top1_and_top5(image_folder):
 
 
 def compose_config(*overrides):
-    register_configs()
-    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=["model=alexnet", "dataset=imagenet", *overrides])
+    return composed("model=alexnet", "dataset=imagenet", *overrides)
 
 
 def test_validate_accepts_an_image_folder_and_names_a_broken_one(image_folder):

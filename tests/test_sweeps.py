@@ -8,13 +8,13 @@ import time
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
+from hydra import initialize_config_module
 from omegaconf import OmegaConf
 
 from dns import sweep
 from dns.cli import report_main
 
-from conftest import dns_train_argv
+from conftest import composed, dns_train_argv
 
 # a short LeNet-300-100 run (~5 s); optimizer.lr=50 makes one fail: its loss turns non-finite
 SHORT = ["model=lenet300", "reference.iters=60", "surgery.iters=20", "finetune.iters=0", "log_every=10"]
@@ -42,8 +42,6 @@ def test_grid_jobs_are_hydras_own(args):
 
 
 def test_a_glob_over_a_config_group_lists_its_options():
-    from hydra import initialize_config_module
-
     with initialize_config_module(config_module="dns.conf", version_base="1.3"):  # as dns-train's check
         jobs = sweep.grid_jobs(["model=glob(lenet*)", "seed=0,1"])
     assert jobs == [["model=lenet300", "seed=0"], ["model=lenet300", "seed=1"],
@@ -105,11 +103,6 @@ class FakeTrial:
 
     def suggest_float(self, name, low, high, step):
         self.params[name] = (low, high, step)
-
-
-def composed(*overrides):
-    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_dns_optuna_draws_c_of_every_layer_the_run_operates_on():

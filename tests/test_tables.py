@@ -11,6 +11,8 @@ import pytest
 
 from dns.tables import Run, pareto_front, sweep_rows, table1_rows
 
+from conftest import composed
+
 
 def test_pareto_front_keeps_the_undominated_points():
     # (compression, error): the second is beaten by the third in both; the last ties nobody
@@ -126,12 +128,7 @@ def test_reproduce_paper_gives_the_same_tables_twice(tmp_path, data_root):
     ("paper_lenet5_max", 0, "sgd"), ("paper_lenet300_max", 0, "sgd"),     # as they were measured
 ])
 def test_recipe_names_say_what_they_run(recipe, shift, solver):
-    from hydra import compose, initialize_config_module
-
-    import dns.cli  # noqa: F401  (registers the config schemas)
-
-    with initialize_config_module(config_module="dns.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={recipe}"])
+    cfg = composed(f"experiment={recipe}")
     assert (cfg.dataset.max_shift, cfg.optimizer.name) == (shift, solver)
     lenet5 = recipe.startswith(("paper_lenet5", "lenet5"))
     assert (cfg.reference.iters, cfg.surgery.iters, cfg.finetune.iters) == \
