@@ -4,10 +4,11 @@ At the densities DNS reaches (0.7–7 % in the paper's fc layers) a product over
 few percent of a dense layer's work and reads a few percent of its bytes. `sparsify(model)` swaps each sparse
 enough `nn.Linear` for a `SparseLinear`; `dns.load(path, sparse=True)` does it on loading. Conv layers stay dense.
 
-The products are two small numba loops rather than torch's CSR `sparse.mm`, which took 14–40 µs a call on
-the LeNets' small layers where these take 1–7 µs, and at batch 1000 8 ms on LeNet-5's fc1 against 1 ms here
-(BENCHMARKS.md). Column indices are 16-bit where the layer has at most 65,536 inputs: 6 bytes read per kept
-weight instead of 8, which took AlexNet's fc6 at batch 1 from 1.6 to 1.05 ms.
+The products are small numba loops rather than torch's CSR `sparse.mm`, which took 14–40 µs a call on the
+LeNets' small layers where these take 1–7 µs, and at batch 1000 8 ms on LeNet-5's fc1 against 1 ms here
+(BENCHMARKS.md): one dot product per sample and row up to batch 4, eight samples at a time up to batch 16, a
+loop vectorized over the batch above. Column indices are 16-bit where the layer has at most 65,536 inputs: 6
+bytes read per kept weight instead of 8, which took AlexNet's fc6 at batch 1 from 1.6 to 1.05 ms.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import nn
 MAX_DENSITY = 0.07
 FEW_SAMPLES, FEW_ROWS = 4, 16  # up to these batch sizes or output rows, one dot product per sample and row beats
 # the batched loop, whose inner loop over the samples is then too short to pay for updating the row per weight
+EIGHTS_UP_TO = 16  # up to this batch size, eight samples at a time with their sums held in registers: at batch 8
+# twice as fast as the batched loop (which stores its row back per weight), slower from 24 on (each row read again)
 PARALLEL_WORK = 1_000_000  # multiply-adds (non-zeros × batch) from which a product is split over threads (below,
 # the threads of torch that spin on after its own ops slow it down: LeNet-300-100 at batch 64 ran slower on 2)
 
@@ -33,19 +36,47 @@ def _dot_rows(crow, col, val, bias, x, out, first, last):
     for n in range(x.shape[0]):
         xn, on = x[n], out[n]
         for r in range(first, last):
-            start, stop = crow[r], crow[r + 1]
+            cols, vals = col[crow[r]:crow[r + 1]], val[crow[r]:crow[r + 1]]  # the row's own arrays, indexed
+            # from 0 by range(): LLVM then proves no index negative and drops numba's wrap-around check on each
+            # (AlexNet's fc6 at batch 1: 0.96 to 0.53 ms)
             a0 = a1 = a2 = a3 = val.dtype.type(0)  # four sums in flight: one would wait on each add
-            j = start
-            while j + 4 <= stop:
-                a0 += val[j] * xn[col[j]]
-                a1 += val[j + 1] * xn[col[j + 1]]
-                a2 += val[j + 2] * xn[col[j + 2]]
-                a3 += val[j + 3] * xn[col[j + 3]]
-                j += 4
-            while j < stop:
-                a0 += val[j] * xn[col[j]]
-                j += 1
+            for q in range(len(vals) // 4):
+                j = 4 * q
+                a0 += vals[j] * xn[cols[j]]
+                a1 += vals[j + 1] * xn[cols[j + 1]]
+                a2 += vals[j + 2] * xn[cols[j + 2]]
+                a3 += vals[j + 3] * xn[cols[j + 3]]
+            for j in range(len(vals) - len(vals) % 4, len(vals)):
+                a0 += vals[j] * xn[cols[j]]
             on[r] = bias[r] + ((a0 + a1) + (a2 + a3))
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _eights_rows(crow, col, val, bias, xt, outt, first, last):
+    """As _axpy_rows, eight samples at a time: each row's kept weights read once per eight samples, into eight sums
+    that stay in registers; the samples left over (batch % 8) one dot product each."""
+    n = xt.shape[1]
+    for r in range(first, last):
+        cols, vals, b = col[crow[r]:crow[r + 1]], val[crow[r]:crow[r + 1]], bias[r]
+        for i in range(0, n - n % 8, 8):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = b
+            for j in range(len(vals)):
+                v, xc = vals[j], xt[cols[j], i:i + 8]
+                a0 += v * xc[0]
+                a1 += v * xc[1]
+                a2 += v * xc[2]
+                a3 += v * xc[3]
+                a4 += v * xc[4]
+                a5 += v * xc[5]
+                a6 += v * xc[6]
+                a7 += v * xc[7]
+            o = outt[r, i:i + 8]
+            o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a0, a1, a2, a3, a4, a5, a6, a7
+        for i in range(n - n % 8, n):
+            a = b
+            for j in range(len(vals)):
+                a += vals[j] * xt[cols[j], i]
+            outt[r, i] = a
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"})
@@ -62,6 +93,15 @@ def _axpy_rows(crow, col, val, bias, xt, outt, first, last):
                 outt[r, i] += v * xt[c, i]
 
 
+@numba.njit(nogil=True, cache=True)
+def _batch_rows(crow, col, val, bias, xt, outt, first, last):
+    """outt[r, :] for rows first..last-1 of a batch along the last axis, by the loop that suits its size."""
+    if xt.shape[1] <= EIGHTS_UP_TO:
+        _eights_rows(crow, col, val, bias, xt, outt, first, last)
+    else:
+        _axpy_rows(crow, col, val, bias, xt, outt, first, last)
+
+
 @numba.njit(nogil=True, cache=True, parallel=True)
 def _dot_parallel(crow, col, val, bias, x, out, chunks):
     """_dot_rows over chunks[k] = (first sample, last sample + 1, first row, last row + 1), one thread a chunk."""
@@ -71,9 +111,9 @@ def _dot_parallel(crow, col, val, bias, x, out, chunks):
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
-def _axpy_parallel(crow, col, val, bias, xt, outt, bounds):
+def _batch_parallel(crow, col, val, bias, xt, outt, bounds):
     for k in numba.prange(len(bounds) - 1):
-        _axpy_rows(crow, col, val, bias, xt, outt, bounds[k], bounds[k + 1])
+        _batch_rows(crow, col, val, bias, xt, outt, bounds[k], bounds[k + 1])
 
 
 def csr_arrays(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,9 +157,9 @@ def csr_linear(crow: np.ndarray, col: np.ndarray, val: np.ndarray, bias: np.ndar
         return out
     xt, outt = np.ascontiguousarray(x.T), np.empty((rows, batch), dtype=val.dtype)
     if parallel:
-        _axpy_parallel(crow, col, val, bias, xt, outt, row_bounds(crow, threads))
+        _batch_parallel(crow, col, val, bias, xt, outt, row_bounds(crow, threads))
     else:
-        _axpy_rows(crow, col, val, bias, xt, outt, 0, rows)
+        _batch_rows(crow, col, val, bias, xt, outt, 0, rows)
     return outt.T  # a view: the next sparse layer's xt without a copy (a copy here cost up to 20 % at batch 1000)
 
 

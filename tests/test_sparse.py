@@ -54,7 +54,7 @@ def test_row_bounds_split_the_non_zeros_evenly():
 @pytest.mark.parametrize("inputs, outputs, density", [(784, 300, 0.02), (500, 10, 0.04), (100, 10, 0.0),
                                                       (30, 20, 1.0), (40_000, 20, 0.01), (70_000, 20, 0.01)],
                          ids=["lenet300-fc1", "few-rows", "all-zero", "dense", "uint16-above-32767", "int32-indices"])
-@pytest.mark.parametrize("batch", [1, 3, 9, 200])
+@pytest.mark.parametrize("batch", [1, 3, 9, 16, 200])
 def test_sparse_linear_matches_the_dense_layer(inputs, outputs, density, batch):
     layer = pruned_linear(inputs, outputs, density)
     sparse_layer = SparseLinear.from_linear(layer)
@@ -68,10 +68,10 @@ def test_the_threaded_products_match_the_serial_ones(monkeypatch):
     layer = pruned_linear(784, 300, 0.05)
     sparse_layer = SparseLinear.from_linear(layer)
     few_rows = SparseLinear.from_linear(pruned_linear(784, 10, 0.05))
-    x1, x3, x64 = torch.randn(1, 784), torch.randn(3, 784), torch.randn(64, 784)
-    cases = [(sparse_layer, x1), (sparse_layer, x3), (sparse_layer, x64), (few_rows, x64)]
+    x1, x3, x9, x64 = torch.randn(1, 784), torch.randn(3, 784), torch.randn(9, 784), torch.randn(64, 784)
+    cases = [(sparse_layer, x1), (sparse_layer, x3), (sparse_layer, x9), (sparse_layer, x64), (few_rows, x64)]
     calls = []
-    for name in ("_dot_parallel", "_axpy_parallel"):  # count the threaded kernels' calls and their chunks
+    for name in ("_dot_parallel", "_batch_parallel"):  # count the threaded kernels' calls and their chunks
         kernel = getattr(sparse, name)
         monkeypatch.setattr(sparse, name, lambda *a, kernel=kernel, name=name: (calls.append((name, a[-1].tolist())),
                                                                                 kernel(*a)))
@@ -85,14 +85,16 @@ def test_the_threaded_products_match_the_serial_ones(monkeypatch):
             parallel = [m(x) for m, x in cases]
         finally:
             torch.set_num_threads(threads)
-    # batch 1: two runs of rows; batch 3: the samples split 1 + 2 (rows whole); batch 64 of 300 rows: two runs of
-    # rows in the batched loop; 10 rows: the samples split 32 + 32
-    assert [name for name, _ in calls] == ["_dot_parallel", "_dot_parallel", "_axpy_parallel", "_dot_parallel"]
+    # batch 1: two runs of rows; batch 3: the samples split 1 + 2 (rows whole); batches 9 and 64 of 300 rows: two
+    # runs of rows, eight samples at a time and in the batched loop; 10 rows: the samples split 32 + 32
+    assert [name for name, _ in calls] == ["_dot_parallel", "_dot_parallel", "_batch_parallel", "_batch_parallel",
+                                           "_dot_parallel"]
     assert [chunks[0][:2] for _, chunks in calls[:2]] == [[0, 1], [0, 1]] and calls[1][1][1][:2] == [1, 3]
-    assert calls[3][1] == [[0, 32, 0, 10], [32, 64, 0, 10]]
+    assert calls[2][1] == calls[3][1] == row_bounds(sparse_layer.crow.numpy(), 2).tolist()
+    assert calls[4][1] == [[0, 32, 0, 10], [32, 64, 0, 10]]
     # the same sums in the same order within each row: bitwise equal
     assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
-    assert close(layer(x64).detach(), parallel[2])
+    assert close(layer(x9).detach(), parallel[2]) and close(layer(x64).detach(), parallel[3])
 
 
 @pytest.mark.parametrize("shape", [(2, 50), (2, 5, 50)], ids=["few-samples", "batched"])
@@ -183,7 +185,7 @@ def test_every_model_gives_the_dense_outputs(name, densities):
     assert set(sparse_layers(default)) == {n for n in linears
                                           if model.get_submodule(n).weight.count_nonzero()
                                           <= sparse.MAX_DENSITY * model.get_submodule(n).weight.numel()}
-    for batch in (3, 9):  # one dot product per sample and row; the loop over the batch
+    for batch in (3, 9, 17):  # one dot product per sample and row; eight samples at a time; the loop over the batch
         x = torch.rand(batch, *input_shape(name))
         with torch.no_grad():
             expected = model(x)
