@@ -6,9 +6,10 @@ enough `nn.Linear` for a `SparseLinear`; `dns.load(path, sparse=True)` does it o
 
 The products are small numba loops rather than torch's CSR `sparse.mm`, which took 14–40 µs a call on the
 LeNets' small layers where these take 1–7 µs, and at batch 1000 8 ms on LeNet-5's fc1 against 1 ms here
-(BENCHMARKS.md): one dot product per sample and row up to batch 4, eight samples at a time up to batch 16, a
-loop vectorized over the batch above. Column indices are 16-bit where the layer has at most 65,536 inputs: 6
-bytes read per kept weight instead of 8, which took AlexNet's fc6 at batch 1 from 1.6 to 1.05 ms.
+(BENCHMARKS.md): one dot product per sample and row up to batch 4 (or 16 output rows), eight samples at a time
+up to batch 16, a loop vectorized over the batch above. Column indices are 16-bit where the layer has at most
+65,536 inputs: 6 bytes read per kept weight instead of 8, which took AlexNet's fc6 at batch 1 from 1.6 to 1.05
+ms.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from torch import nn
 MAX_DENSITY = 0.07
 FEW_SAMPLES, FEW_ROWS = 4, 16  # up to these batch sizes or output rows, one dot product per sample and row beats
 # the batched loop, whose inner loop over the samples is then too short to pay for updating the row per weight
-EIGHTS_UP_TO = 16  # up to this batch size, eight samples at a time with their sums held in registers: at batch 8
-# twice as fast as the batched loop (which stores its row back per weight), slower from 24 on (each row read again)
+EIGHTS_UP_TO = 16  # up to this batch size, eight samples at a time with their sums held in registers (the batch
+# padded with zero samples to a multiple of 8): at batch 8 twice as fast as the batched loop, which stores its row
+# back per weight; from batch 24 slower, each row read again per eight samples
 PARALLEL_WORK = 1_000_000  # multiply-adds (non-zeros × batch) from which a product is split over threads (below,
 # the threads of torch that spin on after its own ops slow it down: LeNet-300-100 at batch 64 ran slower on 2)
 
@@ -53,12 +55,11 @@ def _dot_rows(crow, col, val, bias, x, out, first, last):
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"})
 def _eights_rows(crow, col, val, bias, xt, outt, first, last):
-    """As _axpy_rows, eight samples at a time: each row's kept weights read once per eight samples, into eight sums
-    that stay in registers; the samples left over (batch % 8) one dot product each."""
-    n = xt.shape[1]
+    """As _axpy_rows for a batch of a multiple of 8, eight samples at a time: each row's kept weights read once per
+    eight samples, into eight sums that stay in registers."""
     for r in range(first, last):
         cols, vals, b = col[crow[r]:crow[r + 1]], val[crow[r]:crow[r + 1]], bias[r]
-        for i in range(0, n - n % 8, 8):
+        for i in range(0, xt.shape[1], 8):
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = b
             for j in range(len(vals)):
                 v, xc = vals[j], xt[cols[j], i:i + 8]
@@ -72,11 +73,6 @@ def _eights_rows(crow, col, val, bias, xt, outt, first, last):
                 a7 += v * xc[7]
             o = outt[r, i:i + 8]
             o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7] = a0, a1, a2, a3, a4, a5, a6, a7
-        for i in range(n - n % 8, n):
-            a = b
-            for j in range(len(vals)):
-                a += vals[j] * xt[cols[j], i]
-            outt[r, i] = a
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"})
@@ -155,19 +151,26 @@ def csr_linear(crow: np.ndarray, col: np.ndarray, val: np.ndarray, bias: np.ndar
             chunks = [[0, batch, bounds[k], bounds[k + 1]] for k in range(threads)]
         _dot_parallel(crow, col, val, bias, x, out, np.array(chunks))
         return out
-    xt, outt = np.ascontiguousarray(x.T), np.empty((rows, batch), dtype=val.dtype)
+    if batch <= EIGHTS_UP_TO:  # eight samples at a time: padded with zero samples to a multiple of 8
+        xt = np.zeros((x.shape[1], -(-batch // 8) * 8), dtype=x.dtype)
+        xt[:, :batch] = x.T
+    else:
+        xt = np.ascontiguousarray(x.T)
+    outt = np.empty((rows, xt.shape[1]), dtype=val.dtype)
     if parallel:
         _batch_parallel(crow, col, val, bias, xt, outt, row_bounds(crow, threads))
     else:
         _batch_rows(crow, col, val, bias, xt, outt, 0, rows)
-    return outt.T  # a view: the next sparse layer's xt without a copy (a copy here cost up to 20 % at batch 1000)
+    return outt[:, :batch].T  # a view: the next sparse layer's xt without a copy (a copy here cost up to 20 % at
+    # batch 1000)
 
 
 class SparseLinear(nn.Module):
     """`nn.Linear` for CPU inference with its weight in compressed rows: the same outputs (to float rounding)
     from the non-zero weights alone, in float32 or float64. It holds no parameters, only buffers: it computes no
-    gradients, and its state_dict fits only a layer of the same sparsity pattern. Above 4 samples its output is
-    a transposed view, as `.t()` gives (the next SparseLinear reads it without a copy): `.reshape`, not `.view`."""
+    gradients, and its state_dict fits only a layer of the same sparsity pattern. Above 4 samples (and 16 output
+    rows) its output is a transposed view, as `.t()` gives (the next SparseLinear reads it without a copy):
+    `.reshape`, not `.view`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()

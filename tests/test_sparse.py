@@ -54,7 +54,7 @@ def test_row_bounds_split_the_non_zeros_evenly():
 @pytest.mark.parametrize("inputs, outputs, density", [(784, 300, 0.02), (500, 10, 0.04), (100, 10, 0.0),
                                                       (30, 20, 1.0), (40_000, 20, 0.01), (70_000, 20, 0.01)],
                          ids=["lenet300-fc1", "few-rows", "all-zero", "dense", "uint16-above-32767", "int32-indices"])
-@pytest.mark.parametrize("batch", [1, 3, 9, 16, 200])
+@pytest.mark.parametrize("batch", [1, 3, 5, 9, 12, 16, 200])
 def test_sparse_linear_matches_the_dense_layer(inputs, outputs, density, batch):
     layer = pruned_linear(inputs, outputs, density)
     sparse_layer = SparseLinear.from_linear(layer)
